@@ -266,3 +266,49 @@ LLM_PROVIDERS: dict[str, dict[str, str]] = {
         "base_url": env_str("OPENAI_COMPAT_BASE_URL", ""),
     },
 }
+
+# --- Resilience -------------------------------------------------------------------------
+# Catalog reads are cached this long per process (saves in the admin clear it at once).
+CATALOG_CACHE_TTL_S = env_float("CATALOG_CACHE_TTL_S", 30.0)
+# Retries of one model before falling back: delays first, first*factor, ... up to the cap,
+# each shortened by up to JITTER (a fraction) at random.
+LLM_MAX_RETRIES = env_int("LLM_MAX_RETRIES", 2)
+LLM_BACKOFF_FIRST_S = env_float("LLM_BACKOFF_FIRST_S", 1.0)
+LLM_BACKOFF_FACTOR = env_float("LLM_BACKOFF_FACTOR", 2.0)
+LLM_BACKOFF_CAP_S = env_float("LLM_BACKOFF_CAP_S", 8.0)
+LLM_BACKOFF_JITTER = env_float("LLM_BACKOFF_JITTER", 0.25)
+# A provider's Retry-After is honoured up to this; a longer wait falls back instead.
+LLM_RETRY_AFTER_MAX_S = env_float("LLM_RETRY_AFTER_MAX_S", 30.0)
+# One deadline per turn for queueing, retries and fallbacks before the first token.
+LLM_TURN_DEADLINE_S = env_float("LLM_TURN_DEADLINE_S", 60.0)
+# After a failure mid-answer: false keeps the partial text and fails the reply; true lets the
+# next model in the chain continue it.
+LLM_CONTINUE_PARTIAL = env_bool("LLM_CONTINUE_PARTIAL", False)
+# A model cools down (is skipped) for COOLDOWN_S after COOLDOWN_FAILURES failures within
+# COOLDOWN_WINDOW_S, or when half of at least COOLDOWN_MIN_REQUESTS recent requests failed.
+LLM_COOLDOWN_S = env_float("LLM_COOLDOWN_S", 10.0)
+LLM_COOLDOWN_FAILURES = env_int("LLM_COOLDOWN_FAILURES", 3)
+LLM_COOLDOWN_MIN_REQUESTS = env_int("LLM_COOLDOWN_MIN_REQUESTS", 5)
+LLM_COOLDOWN_WINDOW_S = env_float("LLM_COOLDOWN_WINDOW_S", 60.0)
+# Per provider or provider:model, "concurrency/rpm" ("-" for none), e.g.
+# LLM_LIMITS="openai=16/500,openrouter:deepseek/deepseek-r1:free=2/20". Models without an entry
+# use the catalog's defaults.
+LLM_LIMITS: dict[str, tuple[int | None, int | None]] = {}
+for _item in filter(None, (i.strip() for i in env_str("LLM_LIMITS", "").split(","))):
+    _key, _sep, _value = _item.rpartition("=")
+    _conc, _slash, _rpm = _value.partition("/")
+    try:
+        LLM_LIMITS[_key] = (
+            None if _conc.strip() in ("", "-") else int(_conc),
+            None if _rpm.strip() in ("", "-") else int(_rpm),
+        )
+    except ValueError:
+        raise ImproperlyConfigured(f"LLM_LIMITS: {_item!r} is not key=concurrency/rpm") from None
+    if not _sep or not _key:
+        raise ImproperlyConfigured(f"LLM_LIMITS: {_item!r} is not key=concurrency/rpm")
+# Longest wait in the queue for a slot before the request fails (or falls back).
+LLM_QUEUE_MAX_WAIT_S = env_float("LLM_QUEUE_MAX_WAIT_S", 30.0)
+# With REDIS_URL, limits are shared through Redis: held slots are leases renewed while in use.
+LLM_SLOT_LEASE_S = env_float("LLM_SLOT_LEASE_S", 30.0)
+LLM_QUEUE_POLL_S = env_float("LLM_QUEUE_POLL_S", 0.2)
+LLM_LIMITS_PREFIX = env_str("LLM_LIMITS_PREFIX", "llm-limits")
