@@ -159,7 +159,7 @@ def retry_after_from(
     if isinstance(limits, dict):
         reset = {k.lower(): v for k, v in limits.items()}.get("x-ratelimit-reset")
         try:
-            return max(0.0, float(reset) / 1000 - now)
+            return max(0.0, float(str(reset)) / 1000 - now)
         except (TypeError, ValueError):
             pass
     match = _TRY_AGAIN.search(body.message)  # OpenAI's text, the last resort
@@ -328,13 +328,16 @@ def _retryable(
     )
 
 
-def timed_out(provider: Provider, model: str, seconds: float) -> ProviderError:
-    return _retryable(
-        provider,
-        model,
-        "timeout",
-        f"{provider.display_name} sent nothing for {seconds:g} s while answering with {model}; retrying may help.",
-    )
+def timed_out(
+    provider: Provider, model: str, seconds: float, *, connecting: bool = False
+) -> ProviderError:
+    name = provider.display_name
+    if connecting:
+        env = f"{provider.id.upper()}_BASE_URL"
+        text = f"Could not connect to {name} within {seconds:g} s for {model}; check the network and {env}."
+    else:
+        text = f"{name} sent nothing for {seconds:g} s while answering with {model}; retrying may help."
+    return _retryable(provider, model, "timeout", text)
 
 
 def too_long(provider: Provider, model: str, seconds: float) -> ProviderError:

@@ -162,7 +162,7 @@ class Controls:
                 name = _ALIASES.get(raw_name, raw_name)
                 if name not in types:
                     continue
-                setattr(controls, name, _coerce(types[name], value))
+                setattr(controls, name, _coerce(str(types[name]), value))
         return controls
 
 
@@ -1372,7 +1372,7 @@ class FakeProviderServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         try:
             incoming = await self._read(reader)
             if incoming is not None:
@@ -1380,7 +1380,7 @@ class FakeProviderServer:
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -1413,12 +1413,13 @@ class FakeProviderServer:
             body = _compact({"error": {"message": f"No route for {incoming.path}"}})
             await wire.whole(404, body, JSON_TYPE, [])
             return
+        payload: Any
         try:
-            body = json.loads(incoming.raw) if incoming.raw else {}
+            payload = json.loads(incoming.raw) if incoming.raw else {}
         except ValueError:
-            body = None
+            payload = None
         record = RecordedRequest(
-            incoming.method, incoming.path, incoming.query, incoming.headers, body, route[0]
+            incoming.method, incoming.path, incoming.query, incoming.headers, payload, route[0]
         )
         with self._lock:
             self.requests.append(record)

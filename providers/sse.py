@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -79,7 +79,7 @@ class SSEProvider(Provider):
 
     async def events(
         self, model: str, url: str, *, headers: dict[str, str], body: dict[str, Any]
-    ) -> AsyncIterator[SSEEvent]:
+    ) -> AsyncGenerator[SSEEvent]:
         """Yield the SSE events of one POST, raising ProviderError for every failure.
 
         The response lives inside this generator, so closing it (or cancelling its consumer)
@@ -95,7 +95,9 @@ class SSEProvider(Provider):
                     raise errors.from_http(self, model, response.status_code, response.headers, raw)
                 started = True
                 decoder = SSEDecoder()
-                async with aclosing(response.aiter_lines()) as lines:
+                # httpx's aiter_lines is an async generator, typed more loosely.
+                lines = cast(AsyncGenerator[str], response.aiter_lines())
+                async with aclosing(lines):
                     while True:
                         # A per-read deadline never spans a yield, so the consumer's own time
                         # is never interrupted; reads are already bounded by the read timeout.
@@ -109,6 +111,8 @@ class SSEProvider(Provider):
                         event = decoder.feed(line)
                         if event is not None:
                             yield event
+        except httpx.ConnectTimeout:
+            raise errors.timed_out(self, model, self.config.connect_timeout_s, connecting=True)
         except httpx.TimeoutException:
             raise errors.timed_out(self, model, self.config.read_timeout_s)
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
