@@ -4,11 +4,15 @@ import asyncio
 import socket
 from contextlib import aclosing
 
+import pytest
+
 from providers.base import (
     ErrorKind,
     Finish,
     FinishReason,
     ProviderConfig,
+    ProviderError,
+    ReasoningDelta,
     TextDelta,
     Usage,
 )
@@ -268,7 +272,7 @@ async def test_compat_needs_no_key_and_sends_max_tokens(adapter, fake_provider):
 async def test_compat_routes_reasoning_deltas(adapter):
     events = await collect(adapter(OpenAICompatProvider).stream(chat("qwen3~think~tokens=2")))
 
-    reasoning = "".join(e.text for e in events if type(e).__name__ == "ReasoningDelta")
+    reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
     assert reasoning == "Let me think this through."
     assert _text(events) == reply_text(2)
 
@@ -285,10 +289,7 @@ async def test_compat_lists_models(adapter):
 
 async def test_compat_model_list_errors_are_classified(adapter, fake_provider):
     fake_provider.script("compat", status=500)
-    provider = adapter(OpenAICompatProvider)
-    try:
-        await provider.list_models()
-    except Exception as exc:
-        assert getattr(exc, "code", "") == "server_error"
-    else:
-        raise AssertionError("expected a ProviderError")
+    with pytest.raises(ProviderError) as info:
+        await adapter(OpenAICompatProvider).list_models()
+
+    assert (info.value.kind, info.value.code) == (ErrorKind.RETRYABLE, "server_error")
