@@ -35,7 +35,9 @@ class Membership(models.Model):
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["user", "org"], name="one_membership_per_org")]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "org"], name="one_membership_per_org")
+        ]
 
     def __str__(self) -> str:
         return f"{self.user} in {self.org} ({self.role})"
@@ -217,3 +219,76 @@ class Message(models.Model):
         if self.cost_usd is None:
             return None
         return str(self.cost_usd.quantize(Decimal("0.00000001")).normalize())
+
+
+def add_exchange(
+    thread: Thread,
+    *,
+    content: str,
+    provider: str,
+    model: str,
+    author: Any = None,
+    client_id: str = "",
+) -> tuple[Message, Message, bool]:
+    """Save a user message and its queued reply in one transaction.
+
+    Returns (user message, reply, created). A `client_id` already used in this thread
+    returns the existing pair with created=False, so a double submit makes one reply.
+    """
+    from django.db import IntegrityError, transaction
+
+    if client_id:
+        existing = _existing_exchange(thread, client_id)
+        if existing is not None:
+            return (*existing, False)
+    try:
+        with transaction.atomic():
+            now = timezone.now()
+            user_message = Message.objects.create(
+                thread=thread,
+                role=Message.Role.USER,
+                content=content,
+                author=author,
+                client_id=client_id,
+                created=now,
+                updated=now,
+            )
+            reply = Message.objects.create(
+                thread=thread,
+                role=Message.Role.ASSISTANT,
+                status=Message.Status.QUEUED,
+                reply_to=user_message,
+                requested_provider=provider,
+                requested_model=model,
+                created=now,
+                updated=now,
+            )
+            fields = {"updated": now, "provider": provider, "model": model}
+            if not thread.title:
+                fields["title"] = _title_from(content)
+            Thread.objects.filter(pk=thread.pk).update(**fields)
+            for name, value in fields.items():
+                setattr(thread, name, value)
+    except IntegrityError:
+        # The same client id raced us: the other request's pair wins.
+        existing = _existing_exchange(thread, client_id)
+        if existing is None:
+            raise
+        return (*existing, False)
+    return user_message, reply, True
+
+
+def _existing_exchange(thread: Thread, client_id: str) -> tuple[Message, Message] | None:
+    user_message = (
+        Message.objects.filter(thread=thread, client_id=client_id, role=Message.Role.USER)
+        .select_related("reply")
+        .first()
+    )
+    if user_message is None:
+        return None
+    return user_message, user_message.reply  # type: ignore[attr-defined]
+
+
+def _title_from(content: str) -> str:
+    first_line = content.strip().splitlines()[0] if content.strip() else ""
+    return first_line[:60] + ("…" if len(first_line) > 60 else "")

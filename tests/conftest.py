@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from threads import replies
+
+
+@pytest.fixture(autouse=True)
+def _test_settings(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+    # The demo provider at test speed; tests that need a slow stream say so.
+    settings.DEMO_TTFT_MS = 1
+    settings.DEMO_TOKENS_PER_S = 5000
+    if os.environ.get("REDIS_URL"):
+        # A fresh prefix per test keeps groups of earlier tests from leaking in.
+        settings.CHANNEL_LAYERS = {
+            "default": {
+                **settings.CHANNEL_LAYERS["default"],
+                "CONFIG": {
+                    **settings.CHANNEL_LAYERS["default"]["CONFIG"],
+                    "prefix": f"test-{os.getpid()}-{id(settings)}",
+                },
+            }
+        }
+    else:
+        settings.CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels.layers.InMemoryChannelLayer",
+                "CONFIG": {"capacity": 1000},
+            }
+        }
+
+
+@pytest.fixture(autouse=True)
+def _reset_channel_layers():
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
+@pytest.fixture
+def slow_demo(settings):
+    """A demo stream long enough to act on mid-way (about 40 tokens, 50 ms apart)."""
+    settings.DEMO_TTFT_MS = 20
+    settings.DEMO_TOKENS_PER_S = 20
+
+
+@pytest.fixture
+async def generations():
+    """Wait for every reply started during the test before the database goes away."""
+    yield
+    await replies.wait_all()

@@ -1,0 +1,444 @@
+"""The JSON API: the same engine as the page, for programs (README, "The JSON API")."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from asgiref.sync import sync_to_async
+from django.db.models import Q
+from django.http import HttpRequest, StreamingHttpResponse
+from django.utils import timezone
+from ninja import Field, Router, Schema
+from ninja.security import HttpBearer
+
+from providers import catalog
+from providers.registry import get_provider
+
+from . import replies
+from .events import sse_frame
+from .models import ApiKey, Message, Organization, Thread, add_exchange
+from .validation import check_send
+
+router = Router(tags=["chat"])
+
+KEEPALIVE_S = 15.0
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+class ApiKeyAuth(HttpBearer):
+    def __call__(self, request: HttpRequest) -> Any:
+        header = request.headers.get("Authorization", "")
+        if not header:
+            raise ApiError(401, "unauthorized", "Send an API key: 'Authorization: Bearer <key>'.")
+        return super().__call__(request)
+
+    def authenticate(self, request: HttpRequest, token: str) -> Organization:
+        key = (
+            ApiKey.objects.active().select_related("org").filter(hashed=ApiKey.hash(token)).first()
+        )
+        if key is None:
+            raise ApiError(401, "unauthorized", "The API key is unknown or revoked.")
+        org_slug = request.headers.get("x-org-id")
+        if org_slug is not None and org_slug != key.org.slug:
+            raise ApiError(403, "forbidden", "The x-org-id header names another organisation.")
+        now = timezone.now()
+        # Record use at most once a minute, not a write per request.
+        if key.last_used is None or now - key.last_used > timedelta(minutes=1):
+            ApiKey.objects.filter(pk=key.pk).update(last_used=now)
+        return key.org
+
+
+auth = ApiKeyAuth()
+
+
+# --- Schemas ------------------------------------------------------------------------------
+
+
+class ThreadIn(Schema):
+    title: str = Field("", max_length=200)
+    system_prompt: str = Field("", max_length=8000)
+
+
+class ThreadPatch(Schema):
+    title: str | None = Field(None, max_length=200)
+    system_prompt: str | None = Field(None, max_length=8000)
+    archived: bool | None = None
+
+
+class ThreadOut(Schema):
+    id: uuid.UUID
+    title: str
+    system_prompt: str
+    archived: bool
+    provider: str
+    model: str
+    created: datetime
+    updated: datetime
+
+
+class UsageOut(Schema):
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    reasoning_tokens: int | None
+    estimated: bool
+
+
+class MessageOut(Schema):
+    id: uuid.UUID
+    thread_id: uuid.UUID
+    role: str
+    content: str
+    reasoning: str
+    status: str
+    sources: list[dict[str, Any]]
+    reply_to: uuid.UUID | None
+    requested_provider: str
+    requested_model: str
+    provider: str
+    model: str
+    chain: list[str]
+    finish_reason: str
+    error: str
+    usage: UsageOut
+    cost_usd: str | None
+    priced: bool
+    vendor_cost_usd: str | None
+    ttft_ms: int | None
+    latency_ms: int | None
+    created: datetime
+    finished: datetime | None
+
+
+class SendIn(Schema):
+    content: str
+    role: Literal["user"] = "user"
+    provider: str
+    model: str
+    client_id: str | None = Field(None, max_length=64)
+
+
+class SendOut(Schema):
+    user_message: MessageOut
+    assistant_message: MessageOut
+
+
+class CancelOut(Schema):
+    message_id: uuid.UUID
+    status: str
+
+
+class ModelOut(Schema):
+    provider: str
+    id: str
+    display_name: str
+    available: bool
+    unavailable_reason: str
+    tier: str
+    input_per_mtok: str | None
+    output_per_mtok: str | None
+    context_window: int | None
+    capabilities: list[str]
+    status: str
+
+
+class ThreadPage(Schema):
+    items: list[ThreadOut]
+    next_cursor: str | None
+
+
+class MessagePage(Schema):
+    items: list[MessageOut]
+    next_cursor: str | None
+
+
+# --- Serialisers --------------------------------------------------------------------------
+
+
+def thread_out(thread: Thread) -> dict[str, Any]:
+    return {
+        "id": thread.code,
+        "title": thread.title,
+        "system_prompt": thread.system_prompt,
+        "archived": thread.archived,
+        "provider": thread.provider,
+        "model": thread.model,
+        "created": thread.created,
+        "updated": thread.updated,
+    }
+
+
+def message_out(message: Message) -> dict[str, Any]:
+    return {
+        "id": message.code,
+        "thread_id": message.thread.code,
+        "role": message.role,
+        "content": message.content,
+        "reasoning": message.reasoning,
+        "status": message.status,
+        "sources": message.sources,
+        "reply_to": message.reply_to.code if message.reply_to else None,
+        "requested_provider": message.requested_provider,
+        "requested_model": message.requested_model,
+        "provider": message.provider,
+        "model": message.model,
+        "chain": message.chain,
+        "finish_reason": message.finish_reason,
+        "error": message.error,
+        "usage": message.usage_dict(),
+        "cost_usd": message.cost_str(),
+        "priced": message.priced,
+        "vendor_cost_usd": (
+            None if message.vendor_cost_usd is None else str(message.vendor_cost_usd.normalize())
+        ),
+        "ttft_ms": message.ttft_ms,
+        "latency_ms": message.latency_ms,
+        "created": message.created,
+        "finished": message.finished,
+    }
+
+
+def _encode_cursor(when: datetime, pk: int) -> str:
+    return base64.urlsafe_b64encode(f"{when.isoformat()}|{pk}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        when, pk = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(when), int(pk)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ApiError(422, "validation_error", "The cursor is not valid.", "cursor") from None
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= 100:
+        raise ApiError(422, "validation_error", "limit must be between 1 and 100.", "limit")
+
+
+def _get_thread(org: Organization, thread_id: uuid.UUID) -> Thread:
+    thread = Thread.objects.select_related("org").filter(org=org, code=thread_id).first()
+    if thread is None:
+        raise ApiError(404, "not_found", "No such thread.")
+    return thread
+
+
+def _get_message(org: Organization, message_id: uuid.UUID) -> Message:
+    message = (
+        Message.objects.select_related("thread__org", "reply_to")
+        .filter(thread__org=org, code=message_id)
+        .first()
+    )
+    if message is None:
+        raise ApiError(404, "not_found", "No such message.")
+    return message
+
+
+# --- Threads ------------------------------------------------------------------------------
+
+
+@router.get("/threads", response=ThreadPage, auth=auth)
+def list_threads(
+    request: HttpRequest, limit: int = 20, cursor: str | None = None, archived: bool = False
+) -> dict[str, Any]:
+    _check_limit(limit)
+    qs = Thread.objects.for_org(request.auth).filter(archived=archived)
+    if cursor:
+        when, pk = _decode_cursor(cursor)
+        qs = qs.filter(Q(created__lt=when) | Q(created=when, pk__lt=pk))
+    rows = list(qs.order_by("-created", "-pk")[: limit + 1])
+    next_cursor = (
+        _encode_cursor(rows[limit - 1].created, rows[limit - 1].pk) if len(rows) > limit else None
+    )
+    return {"items": [thread_out(t) for t in rows[:limit]], "next_cursor": next_cursor}
+
+
+@router.post("/threads", response={201: ThreadOut}, auth=auth)
+def create_thread(request: HttpRequest, payload: ThreadIn) -> tuple[int, dict[str, Any]]:
+    thread = Thread.objects.create(
+        org=request.auth, title=payload.title, system_prompt=payload.system_prompt
+    )
+    return 201, thread_out(thread)
+
+
+@router.get("/threads/{thread_id}", response=ThreadOut, auth=auth)
+def get_thread(request: HttpRequest, thread_id: uuid.UUID) -> dict[str, Any]:
+    return thread_out(_get_thread(request.auth, thread_id))
+
+
+@router.patch("/threads/{thread_id}", response=ThreadOut, auth=auth)
+def update_thread(
+    request: HttpRequest, thread_id: uuid.UUID, payload: ThreadPatch
+) -> dict[str, Any]:
+    thread = _get_thread(request.auth, thread_id)
+    changes = payload.dict(exclude_unset=True, exclude_none=True)
+    for name, value in changes.items():
+        setattr(thread, name, value)
+    if changes:
+        thread.save(update_fields=[*changes, "updated"] if "updated" in changes else list(changes))
+    return thread_out(thread)
+
+
+@router.delete("/threads/{thread_id}", response={204: None}, auth=auth)
+def delete_thread(request: HttpRequest, thread_id: uuid.UUID) -> tuple[int, None]:
+    _get_thread(request.auth, thread_id).delete()
+    return 204, None
+
+
+@router.get("/threads/{thread_id}/messages", response=MessagePage, auth=auth)
+def list_messages(
+    request: HttpRequest, thread_id: uuid.UUID, limit: int = 50, cursor: str | None = None
+) -> dict[str, Any]:
+    _check_limit(limit)
+    thread = _get_thread(request.auth, thread_id)
+    qs = thread.messages.select_related("thread", "reply_to")
+    if cursor:
+        when, pk = _decode_cursor(cursor)
+        qs = qs.filter(Q(created__gt=when) | Q(created=when, pk__gt=pk))
+    rows = list(qs.order_by("created", "pk")[: limit + 1])
+    next_cursor = (
+        _encode_cursor(rows[limit - 1].created, rows[limit - 1].pk) if len(rows) > limit else None
+    )
+    return {"items": [message_out(m) for m in rows[:limit]], "next_cursor": next_cursor}
+
+
+# --- Sending ------------------------------------------------------------------------------
+
+
+def _save_send(
+    org: Organization, thread_id: uuid.UUID, payload: SendIn
+) -> tuple[Message, Message, bool]:
+    thread = _get_thread(org, thread_id)
+    errors = check_send(payload.content, payload.provider, payload.model)
+    if errors:
+        first = errors[0]
+        raise ApiError(422, "validation_error", first.message, first.field)
+    return add_exchange(
+        thread,
+        content=payload.content,
+        provider=payload.provider,
+        model=payload.model,
+        client_id=payload.client_id or "",
+    )
+
+
+def _reload_pair(user_message: Message, reply: Message) -> dict[str, Any]:
+    qs = Message.objects.select_related("thread", "reply_to")
+    return {
+        "user_message": message_out(qs.get(pk=user_message.pk)),
+        "assistant_message": message_out(qs.get(pk=reply.pk)),
+    }
+
+
+@router.post("/threads/{thread_id}/messages", response=SendOut, auth=auth)
+async def send_message(
+    request: HttpRequest, thread_id: uuid.UUID, payload: SendIn
+) -> dict[str, Any]:
+    """Send a message and wait for the whole reply."""
+    user_message, reply, created = await sync_to_async(_save_send)(request.auth, thread_id, payload)
+    if created:
+        replies.start(reply)
+    async for _event in replies.follow(reply):
+        pass
+    return await sync_to_async(_reload_pair)(user_message, reply)
+
+
+@router.post("/threads/{thread_id}/messages/stream", auth=auth)
+async def stream_message(
+    request: HttpRequest, thread_id: uuid.UUID, payload: SendIn
+) -> StreamingHttpResponse:
+    """Send a message and stream the reply as Server-Sent Events (README lists the events).
+
+    A repeated client_id attaches to the existing reply; `Last-Event-ID` resumes after it.
+    """
+    user_message, reply, created = await sync_to_async(_save_send)(request.auth, thread_id, payload)
+    if created:
+        replies.start(reply)
+    try:
+        after = int(request.headers.get("Last-Event-ID", "0"))
+    except ValueError:
+        after = 0
+    response = StreamingHttpResponse(_sse(reply, after), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+async def _sse(reply: Message, after: int) -> AsyncIterator[bytes]:
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for event in replies.follow(reply, after):
+                queue.put_nowait(event)
+        finally:
+            queue.put_nowait(None)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            if event is None:
+                return
+            yield sse_frame(event["event"], event["data"], event["seq"])
+    finally:
+        task.cancel()
+
+
+@router.post("/messages/{message_id}/cancel", response=CancelOut, auth=auth)
+async def cancel_message(request: HttpRequest, message_id: uuid.UUID) -> dict[str, Any]:
+    message = await sync_to_async(_get_message)(request.auth, message_id)
+    status = await replies.cancel(message)
+    return {"message_id": message.code, "status": status}
+
+
+# --- Models -------------------------------------------------------------------------------
+
+
+@router.get("/models", response=list[ModelOut], auth=auth)
+def list_models(request: HttpRequest) -> list[dict[str, Any]]:
+    out = []
+    for info in catalog.list_models():
+        reason = get_provider(info.provider).unavailable_reason()
+        out.append(
+            {
+                "provider": info.provider,
+                "id": info.id,
+                "display_name": info.display_name,
+                "available": not reason,
+                "unavailable_reason": reason,
+                "tier": info.tier,
+                "input_per_mtok": None if info.input_per_mtok is None else str(info.input_per_mtok),
+                "output_per_mtok": None
+                if info.output_per_mtok is None
+                else str(info.output_per_mtok),
+                "context_window": info.context_window,
+                "capabilities": list(info.capabilities),
+                "status": info.status,
+            }
+        )
+    return out
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"error": {"code": code, "message": message}}
+    if field:
+        body["error"]["field"] = field
+    return body

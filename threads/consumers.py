@@ -1,0 +1,151 @@
+"""The thread page's WebSocket: joins the thread group and relays reply frames as HTML.
+
+The consumer owns no provider call (see replies.py). On connect it asks every reply still in
+flight for a snapshot and renders it whole, then applies only the live events that come after
+it, so a reload or a second tab sees the same stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.template.loader import render_to_string
+
+from .events import request_snapshot, thread_group
+from .models import Message, Thread
+from .tenancy import user_can_see_thread
+
+
+class ThreadConsumer(AsyncWebsocketConsumer):
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        code = self.scope["url_route"]["kwargs"]["code"]
+        if user is None or not user.is_authenticated:
+            await self.close(code=4401)
+            return
+        thread = await _get_thread(user, code)
+        if thread is None:
+            await self.close(code=4404)
+            return
+        self.thread = thread
+        self.group = thread_group(thread.code)
+        # Replies this socket shows: message code -> last seq applied (None: awaiting snapshot).
+        self.synced: dict[str, int | None] = {}
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        for code in await _active_reply_codes(thread):
+            self.synced[code] = None
+            await request_snapshot(code, self.channel_name)
+
+    async def disconnect(self, close_code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        # The page sends nothing over the socket: sending and stopping are plain POSTs.
+        return
+
+    async def reply_snapshot_result(self, event: dict[str, Any]) -> None:
+        code = event["message"]
+        if code not in self.synced or self.synced[code] is not None:
+            return
+        events = event["events"]
+        self.synced[code] = events[-1]["seq"] if events else 0
+        message = await _get_message(self.thread, code)
+        if message is None:
+            return
+        state = _state_from_events(events)
+        await self.send(text_data=_render_message(message, state, oob="outerHTML"))
+        if any(e["event"] == "done" for e in events):
+            await self._send_final(code)
+
+    async def reply_event(self, event: dict[str, Any]) -> None:
+        code = event["message"]
+        name = event["event"]
+        if code not in self.synced:
+            if name != "start":
+                return
+            # A reply started elsewhere (another tab, the API): show its turn here too.
+            self.synced[code] = event["seq"]
+            message = await _get_message(self.thread, code)
+            if message is None:
+                return
+            html = ""
+            if message.reply_to is not None:
+                html += _render_message(message.reply_to, None, oob="beforeend:#message-list")
+            html += _render_message(message, {}, oob="beforeend:#message-list")
+            await self.send(text_data=html)
+            return
+        last = self.synced[code]
+        if last is None or event["seq"] <= last:
+            return  # covered by the snapshot we are waiting for, or already applied
+        self.synced[code] = event["seq"]
+        if name == "done":
+            await self._send_final(code)
+            return
+        html = _render_event(code, name, event["data"])
+        if html:
+            await self.send(text_data=html)
+
+    async def _send_final(self, code: str) -> None:
+        self.synced.pop(code, None)
+        message = await _get_message(self.thread, code)
+        if message is not None:
+            await self.send(text_data=_render_message(message, None, oob="outerHTML"))
+
+
+def _state_from_events(events: list[dict[str, Any]]) -> dict[str, Any]:
+    text: list[str] = []
+    reasoning: list[str] = []
+    state: dict[str, Any] = {}
+    for event in events:
+        name, data = event["event"], event["data"]
+        if name == "delta":
+            text.append(data["text"])
+        elif name == "reasoning":
+            reasoning.append(data["text"])
+        elif name == "sources":
+            state["sources"] = data["items"]
+        elif name == "status":
+            state["status"] = data
+    state["text"] = "".join(text)
+    state["reasoning"] = "".join(reasoning)
+    return state
+
+
+def _render_message(message: Message, live: dict[str, Any] | None, oob: str) -> str:
+    return render_to_string(
+        "threads/thread_detail.html#message",
+        {"message": message, "live": live, "oob": oob},
+    )
+
+
+def _render_event(code: str, name: str, data: dict[str, Any]) -> str:
+    if name in ("delta", "reasoning", "status", "sources", "error"):
+        return render_to_string(
+            f"threads/thread_detail.html#frame-{name}", {"code": code, "data": data}
+        )
+    return ""
+
+
+@database_sync_to_async
+def _get_thread(user: Any, code: str) -> Thread | None:
+    thread = Thread.objects.select_related("org").filter(code=code).first()
+    if thread is None or not user_can_see_thread(user, thread):
+        return None
+    return thread
+
+
+@database_sync_to_async
+def _active_reply_codes(thread: Thread) -> list[str]:
+    rows = Message.objects.filter(
+        thread=thread, role=Message.Role.ASSISTANT, status__in=Message.ACTIVE
+    ).values_list("code", flat=True)
+    return [str(code) for code in rows]
+
+
+@database_sync_to_async
+def _get_message(thread: Thread, code: str) -> Message | None:
+    return Message.objects.select_related("reply_to").filter(thread=thread, code=code).first()

@@ -1,0 +1,599 @@
+"""Drives one reply from start to end, independent of any socket.
+
+1. `start()` spawns a `Generation` as an asyncio task in the ASGI process.
+2. The generation joins `reply.<uuid>` to hear cancel and snapshot requests, then asks the
+   provider policy for events.
+3. Text deltas are coalesced into frames (the first at once, then at most one per
+   STREAM_FRAME_INTERVAL_MS) and published to the thread group; every listener (WebSocket
+   consumers, SSE responses, a blocking API call) renders them.
+4. The message row is saved in batches (first token, every STREAM_SAVE_INTERVAL_S, end),
+   never per token; the heartbeat rides on those saves and on a slow ticker.
+5. At the end the buffered text goes out as a last delta, then `done`; the saved text is
+   exactly the text that was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from channels.layers import BaseChannelLayer, get_channel_layer
+from django.conf import settings
+from django.core.cache import cache
+from django.db.models import F, Q
+from django.utils import timezone
+
+from providers import catalog, policy
+from providers.base import (
+    ChatRequest,
+    Finish,
+    ProviderError,
+    ReasoningDelta,
+    Sources,
+    TextDelta,
+    Turn,
+    Usage,
+)
+from providers.tokens import estimate_prompt_tokens, estimate_tokens
+
+from .events import REPLY_EVENT, reply_group, request_snapshot, send_cancel, thread_group
+from .models import Message, Thread
+
+log = logging.getLogger(__name__)
+
+# Strong references to running generations: asyncio keeps only weak ones.
+_running: set[asyncio.Task[None]] = set()
+
+HEARTBEAT_S = 10.0
+SNAPSHOT_TIMEOUT_S = 2.0
+IDLE_PROBE_S = 30.0
+CANCEL_WAIT_S = 3.0
+EVENTS_CACHE_S = 15 * 60
+STALE_AFTER_S = 60.0
+
+
+def _layer() -> BaseChannelLayer:
+    layer = get_channel_layer()
+    assert layer is not None, "CHANNEL_LAYERS is not configured"
+    return layer
+
+
+def _events_cache_key(code: object) -> str:
+    return f"reply-events:{code}"
+
+
+def start(message: Message) -> asyncio.Task[None]:
+    """Start generating `message` (an assistant message in state queued) in this loop."""
+    # A fresh context: the request's (and its per-request thread executor, which Django
+    # shuts down when the response ends) must not leak into a task that outlives it.
+    task = asyncio.create_task(
+        Generation(message.pk).run(), name=f"reply-{message.code}", context=contextvars.Context()
+    )
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+    return task
+
+
+async def wait_all() -> None:
+    """Wait for every running generation (tests and graceful shutdown)."""
+    while _running:
+        await asyncio.gather(*list(_running), return_exceptions=True)
+
+
+def build_request(message: Message) -> ChatRequest:
+    """The whole conversation before `message`, partial replies included (sync ORM)."""
+    thread = message.thread
+    history = (
+        Message.objects.filter(thread=thread, created__lte=message.created)
+        .exclude(pk=message.pk)
+        .exclude(content="")
+        .order_by("created", "id")
+        .values_list("role", "content")
+    )
+    turns = tuple(Turn(role=role, content=content) for role, content in history)
+    system = thread.system_prompt or thread.org.system_prompt or settings.SYSTEM_PROMPT
+    return ChatRequest(
+        provider=message.requested_provider,
+        model=message.requested_model,
+        turns=turns,
+        system=system,
+        max_tokens=settings.LLM_MAX_TOKENS,
+    )
+
+
+def done_payload(message: Message) -> dict[str, Any]:
+    return {
+        "message_id": str(message.code),
+        "status": message.status,
+        "finish_reason": message.finish_reason or None,
+        "usage": message.usage_dict(),
+        "cost_usd": message.cost_str(),
+        "priced": message.priced,
+        "vendor_cost_usd": (
+            None if message.vendor_cost_usd is None else str(message.vendor_cost_usd.normalize())
+        ),
+        "ttft_ms": message.ttft_ms,
+        "latency_ms": message.latency_ms,
+        "provider": message.provider or None,
+        "model": message.model or None,
+        "requested_provider": message.requested_provider,
+        "requested_model": message.requested_model,
+        "chain": message.chain,
+        "error": message.error or None,
+    }
+
+
+def events_from_row(message: Message) -> list[dict[str, Any]]:
+    """Events that rebuild a finished (or orphaned) reply from its saved row."""
+    code = str(message.code)
+    reply_to = message.reply_to.code if message.reply_to_id else None  # type: ignore[union-attr]
+    out: list[dict[str, Any]] = [
+        {
+            "event": "start",
+            "data": {
+                "message_id": code,
+                "user_message_id": str(reply_to) if reply_to else None,
+                "provider": message.requested_provider,
+                "model": message.requested_model,
+            },
+        }
+    ]
+    if message.reasoning:
+        out.append({"event": "reasoning", "data": {"text": message.reasoning}})
+    if message.content:
+        out.append({"event": "delta", "data": {"text": message.content}})
+    if message.sources:
+        out.append({"event": "sources", "data": {"items": message.sources}})
+    if message.status == Message.Status.FAILED:
+        out.append({"event": "error", "data": {"code": "provider_error", "message": message.error}})
+    if not message.is_active:
+        out.append({"event": "done", "data": done_payload(message)})
+    for seq, event in enumerate(out, start=1):
+        event.update(type=REPLY_EVENT, message=code, seq=seq)
+    return out
+
+
+class Generation:
+    def __init__(self, message_pk: int) -> None:
+        self.message_pk = message_pk
+        self.layer = _layer()
+        self.seq = 0
+        self.events: list[dict[str, Any]] = []
+        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.sent_text: list[str] = []
+        self.sent_reasoning: list[str] = []
+        self.pending_text: list[str] = []
+        self.pending_reasoning: list[str] = []
+        self.sources: list[dict[str, str]] = []
+        self.usage: Usage | None = None
+        self.finish_reason = ""
+        self.answering: policy.Answering | None = None
+        self.attempts: list[policy.Attempt] = []
+        self.chain: list[str] = []
+        self.cancelled = False
+        self.frame_interval = settings.STREAM_FRAME_INTERVAL_MS / 1000
+        self.save_interval = settings.STREAM_SAVE_INTERVAL_S
+        self.last_frame = 0.0
+        self.last_save = 0.0
+        self.flush_handle: asyncio.TimerHandle | None = None
+        self.save_task: asyncio.Task[None] | None = None
+        self.t0 = time.perf_counter()
+        self.ttft_ms: int | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        message = await Message.objects.select_related("thread__org", "reply_to").aget(
+            pk=self.message_pk
+        )
+        self.message = message
+        self.code = str(message.code)
+        self.group = thread_group(message.thread.code)
+        control_channel = await self.layer.new_channel()
+        await self.layer.group_add(reply_group(self.code), control_channel)
+        sender = asyncio.create_task(self._send_loop())
+        control = asyncio.create_task(self._control_loop(control_channel))
+        ticker = asyncio.create_task(self._heartbeat_loop())
+        try:
+            self._emit(
+                "start",
+                {
+                    "message_id": self.code,
+                    "user_message_id": str(message.reply_to.code) if message.reply_to else None,
+                    "provider": message.requested_provider,
+                    "model": message.requested_model,
+                },
+            )
+            # A cancel that arrived before we listened is in the durable flag.
+            if await Message.objects.filter(pk=self.message_pk, cancel_requested=True).aexists():
+                self.cancelled = True
+                status, error = Message.Status.CANCELLED, ""
+            else:
+                self.stream_task = asyncio.create_task(self._stream())
+                status, error = await self.stream_task
+            await self._finish(status, error)
+        except Exception:
+            log.exception("reply %s crashed", self.message_pk)
+            await self._fail_safely()
+        finally:
+            ticker.cancel()
+            control.cancel()
+            self.outbox.put_nowait(None)
+            await sender
+            await self.layer.group_discard(reply_group(self.code), control_channel)
+
+    async def _stream(self) -> tuple[str, str]:
+        """Run the provider policy; return (final status, error text)."""
+        request = self.request = await _abuild_request(self.message)
+        chain = [policy.Target(self.message.requested_provider, self.message.requested_model)]
+        try:
+            async for event in policy.run_chain(request, chain, self.attempts):
+                self._on_event(event)
+        except asyncio.CancelledError:
+            if not self.cancelled:
+                raise
+            return Message.Status.CANCELLED, ""
+        except ProviderError as exc:
+            self._emit("error", {"code": exc.code or exc.kind.value, "message": exc.message})
+            return Message.Status.FAILED, exc.message
+        return Message.Status.COMPLETE, ""
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, TextDelta):
+            if event.text:
+                self.pending_text.append(event.text)
+                self._frame()
+        elif isinstance(event, ReasoningDelta):
+            if event.text:
+                self.pending_reasoning.append(event.text)
+                self._frame()
+        elif isinstance(event, Sources):
+            self.sources = [{"title": s.title, "url": s.url, "date": s.date} for s in event.items]
+            self._emit("sources", {"items": self.sources})
+        elif isinstance(event, Usage):
+            self.usage = event
+        elif isinstance(event, Finish):
+            self.finish_reason = event.reason.value
+        elif isinstance(event, policy.Answering):
+            self.answering = event
+            self.chain.append(f"{event.provider}:{event.model}")
+        elif isinstance(event, policy.Status):
+            data = {k: v for k, v in vars_of(event).items() if v is not None}
+            self._emit("status", data)
+            self._save_soon(status=Message.Status.WAITING)
+
+    # --- frames -------------------------------------------------------------------------
+
+    def _frame(self) -> None:
+        """Send now if the last frame is old enough, else once the interval has passed."""
+        now = time.perf_counter()
+        if now - self.last_frame >= self.frame_interval:
+            self._flush()
+        elif self.flush_handle is None:
+            delay = self.frame_interval - (now - self.last_frame)
+            self.flush_handle = asyncio.get_running_loop().call_later(delay, self._flush)
+
+    def _flush(self) -> None:
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+            self.flush_handle = None
+        self.last_frame = time.perf_counter()
+        if self.pending_reasoning:
+            text = "".join(self.pending_reasoning)
+            self.pending_reasoning.clear()
+            self.sent_reasoning.append(text)
+            self._emit("reasoning", {"text": text})
+        if self.pending_text:
+            text = "".join(self.pending_text)
+            self.pending_text.clear()
+            first = not self.sent_text
+            self.sent_text.append(text)
+            if first:
+                self.ttft_ms = round((time.perf_counter() - self.t0) * 1000)
+            self._emit("delta", {"text": text})
+            if first:
+                self._save_soon(status=Message.Status.STREAMING, force=True)
+            else:
+                self._save_soon(status=Message.Status.STREAMING)
+
+    def _emit(self, name: str, data: dict[str, Any]) -> None:
+        self.seq += 1
+        event = {
+            "type": REPLY_EVENT,
+            "message": self.code,
+            "seq": self.seq,
+            "event": name,
+            "data": data,
+        }
+        self.events.append(event)
+        self.outbox.put_nowait(event)
+
+    async def _send_loop(self) -> None:
+        # One sender keeps frames in order without making the stream wait for the layer.
+        while (event := await self.outbox.get()) is not None:
+            try:
+                await self.layer.group_send(self.group, event)
+            except Exception:
+                log.exception("could not publish a frame of reply %s", self.code)
+
+    # --- control ------------------------------------------------------------------------
+
+    async def _control_loop(self, channel: str) -> None:
+        while True:
+            msg = await self.layer.receive(channel)
+            if msg.get("type") == "reply.cancel":
+                self.cancelled = True
+                task = getattr(self, "stream_task", None)
+                if task is not None and not task.done():
+                    task.cancel()
+            elif msg.get("type") == "reply.snapshot":
+                await self.layer.send(
+                    msg["reply_channel"],
+                    {"type": "reply.snapshot_result", "message": self.code, "events": self.events},
+                )
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            await Message.objects.filter(pk=self.message_pk).aupdate(heartbeat=timezone.now())
+
+    # --- saves --------------------------------------------------------------------------
+
+    def _save_soon(self, status: str, force: bool = False) -> None:
+        """Batch the partial reply into the row: at most one save in flight, one per interval."""
+        now = time.perf_counter()
+        if self.save_task is not None and not self.save_task.done():
+            return
+        if not force and now - self.last_save < self.save_interval:
+            return
+        self.last_save = now
+        fields: dict[str, Any] = {
+            "status": status,
+            "content": "".join(self.sent_text),
+            "reasoning": "".join(self.sent_reasoning),
+            "heartbeat": timezone.now(),
+            "updated": timezone.now(),
+        }
+        if self.answering is not None:
+            fields.update(provider=self.answering.provider, model=self.answering.model)
+        self.save_task = asyncio.create_task(self._save(fields))
+
+    async def _save(self, fields: dict[str, Any]) -> None:
+        try:
+            await Message.objects.filter(pk=self.message_pk, status__in=Message.ACTIVE).aupdate(
+                **fields
+            )
+        except Exception:
+            log.exception("could not save the partial reply %s", self.code)
+
+    async def _finish(self, status: str, error: str) -> None:
+        if self.flush_handle is not None or self.pending_text or self.pending_reasoning:
+            self._flush()
+        if self.save_task is not None:
+            await asyncio.gather(self.save_task, return_exceptions=True)
+        text = "".join(self.sent_text)
+        if status == Message.Status.CANCELLED:
+            self.finish_reason = "cancelled"
+        elif status == Message.Status.FAILED:
+            self.finish_reason = "error"
+        usage = self._final_usage(text)
+        cost, priced, vendor_cost = _costs(self.attempts, usage, self.answering)
+        now = timezone.now()
+        message = self.message
+        message.status = status
+        message.content = text
+        message.reasoning = "".join(self.sent_reasoning)
+        message.sources = self.sources
+        message.error = error
+        message.finish_reason = self.finish_reason or "stop"
+        message.chain = self.chain
+        if self.answering is not None:
+            message.provider, message.model = self.answering.provider, self.answering.model
+        if usage is not None:
+            message.prompt_tokens = usage.prompt_tokens
+            message.completion_tokens = usage.completion_tokens
+            message.total_tokens = usage.total_tokens
+            message.reasoning_tokens = usage.reasoning_tokens
+            message.tokens_estimated = usage.estimated
+        message.cost_usd, message.priced, message.vendor_cost_usd = cost, priced, vendor_cost
+        message.ttft_ms = self.ttft_ms
+        message.latency_ms = round((time.perf_counter() - self.t0) * 1000)
+        message.finished = message.updated = message.heartbeat = now
+        await message.asave()
+        await Thread.objects.filter(pk=message.thread_id).aupdate(updated=now)
+        await _record_telemetry(message, self.attempts)
+        self._emit("done", done_payload(message))
+        await cache.aset(_events_cache_key(self.code), self.events, EVENTS_CACHE_S)
+
+    async def _fail_safely(self) -> None:
+        """Listeners must always get a `done`, even when saving failed."""
+        error = "The reply failed because of a server error."
+        try:
+            await self._finish(Message.Status.FAILED, error)
+        except Exception:
+            log.exception("reply %s could not be saved", self.message_pk)
+            self.message.status = Message.Status.FAILED
+            self.message.error = error
+            self._emit("error", {"code": "server_error", "message": error})
+            self._emit("done", done_payload(self.message))
+
+    def _final_usage(self, text: str) -> Usage | None:
+        if self.usage is not None:
+            return self.usage
+        if not self.attempts and not text:
+            return None
+        # The stream ended without the vendor's count (cut off, cancelled): estimate it.
+        request = getattr(self, "request", None)
+        usage = Usage(
+            prompt_tokens=estimate_prompt_tokens(request.system, request.turns) if request else 0,
+            completion_tokens=estimate_tokens(text) + estimate_tokens("".join(self.sent_reasoning)),
+            estimated=True,
+        )
+        if self.attempts and self.attempts[-1].usage is None:
+            self.attempts[-1].usage = usage
+        return usage
+
+
+def vars_of(obj: object) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__slots__}  # type: ignore[attr-defined]
+
+
+async def _abuild_request(message: Message) -> ChatRequest:
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(build_request)(message)
+
+
+def _costs(
+    attempts: list[policy.Attempt], usage: Usage | None, answering: policy.Answering | None
+) -> tuple[Decimal | None, bool, Decimal | None]:
+    """Sum each attempt's tokens at its model's price; unpriced models make the sum unknown."""
+    total = Decimal(0)
+    vendor: Decimal | None = None
+    priced = True
+    counted = False
+    for attempt in attempts:
+        if attempt.usage is None:
+            continue
+        counted = True
+        try:
+            info = catalog.get_model(attempt.provider, attempt.model)
+        except catalog.UnknownModelError:
+            priced = False
+            continue
+        cost = info.cost(attempt.usage)
+        if cost is None:
+            priced = False
+        else:
+            total += cost
+        if attempt.usage.vendor_cost_usd is not None:
+            vendor = (vendor or Decimal(0)) + attempt.usage.vendor_cost_usd
+    if not counted and usage is not None and answering is not None:
+        info_cost = catalog.get_model(answering.provider, answering.model).cost(usage)
+        if info_cost is None:
+            return None, False, None
+        total = info_cost
+    return (total if priced else None), priced, vendor
+
+
+async def _record_telemetry(message: Message, attempts: list[policy.Attempt]) -> None:
+    # Telemetry never breaks chat: the recorder swallows its own errors.
+    from telemetry.recorder import arecord_attempts
+
+    await arecord_attempts(message, attempts)
+
+
+# --- following a reply (SSE, blocking API) ------------------------------------------------
+
+
+async def follow(message: Message, after_seq: int = 0) -> AsyncIterator[dict[str, Any]]:
+    """Yield a reply's events after `after_seq`: what happened so far, then live, to `done`."""
+    layer = _layer()
+    code = str(message.code)
+    channel = await layer.new_channel()
+    group = thread_group(message.thread.code)
+    await layer.group_add(group, channel)
+    try:
+        fresh = await Message.objects.select_related("reply_to").aget(pk=message.pk)
+        if not fresh.is_active:
+            for event in await _finished_events(fresh):
+                if event["seq"] > after_seq:
+                    yield event
+            return
+        await request_snapshot(code, channel)
+        synced = False
+        last = after_seq
+        while True:
+            try:
+                msg = await asyncio.wait_for(
+                    layer.receive(channel), IDLE_PROBE_S if synced else SNAPSHOT_TIMEOUT_S
+                )
+            except TimeoutError:
+                if synced:
+                    # Quiet for a while (a long queue wait?): check the generation is alive.
+                    synced = False
+                    await request_snapshot(code, channel)
+                    continue
+                # Nobody answered: the generation is gone; the row is all there is.
+                fresh = await Message.objects.select_related("reply_to").aget(pk=message.pk)
+                for event in await _finished_events(fresh):
+                    if event["seq"] > last:
+                        yield event
+                return
+            if msg.get("message") != code:
+                continue
+            if msg["type"] == "reply.snapshot_result":
+                synced = True
+                for event in msg["events"]:
+                    if event["seq"] > last:
+                        last = event["seq"]
+                        yield event
+                        if event["event"] == "done":
+                            return
+            elif msg["type"] == REPLY_EVENT:
+                if not synced:
+                    if msg["event"] == "done":
+                        # Finished before it could answer the snapshot request.
+                        fresh = await Message.objects.select_related("reply_to").aget(pk=message.pk)
+                        for event in await _finished_events(fresh):
+                            if event["seq"] > last:
+                                yield event
+                        return
+                    continue
+                if msg["seq"] > last:
+                    last = msg["seq"]
+                    yield msg
+                    if msg["event"] == "done":
+                        return
+    finally:
+        await layer.group_discard(group, channel)
+
+
+async def _finished_events(message: Message) -> list[dict[str, Any]]:
+    cached = await cache.aget(_events_cache_key(message.code))
+    return cached if cached else events_from_row(message)
+
+
+async def cancel(message: Message) -> str:
+    """Stop a reply from anywhere; return its status once it has stopped (or its final one)."""
+    updated = await Message.objects.filter(pk=message.pk, status__in=Message.ACTIVE).aupdate(
+        cancel_requested=True
+    )
+    if not updated:
+        return (await Message.objects.aget(pk=message.pk)).status
+    layer = _layer()
+    channel = await layer.new_channel()
+    group = thread_group(message.thread.code)
+    await layer.group_add(group, channel)
+    code = str(message.code)
+    try:
+        await send_cancel(code)
+        deadline = time.perf_counter() + CANCEL_WAIT_S
+        while (left := deadline - time.perf_counter()) > 0:
+            try:
+                msg = await asyncio.wait_for(layer.receive(channel), left)
+            except TimeoutError:
+                break
+            if msg.get("message") == code and msg.get("event") == "done":
+                return str(msg["data"]["status"])
+    finally:
+        await layer.group_discard(group, channel)
+    # No generation answered. If none has shown a sign of life lately, end it here.
+    stale = timezone.now() - timedelta(seconds=STALE_AFTER_S)
+    await Message.objects.filter(
+        Q(heartbeat__lt=stale) | Q(heartbeat__isnull=True, created__lt=stale),
+        pk=message.pk,
+        status__in=Message.ACTIVE,
+    ).aupdate(
+        status=Message.Status.CANCELLED,
+        finish_reason="cancelled",
+        finished=timezone.now(),
+        updated=F("updated"),
+    )
+    return (await Message.objects.aget(pk=message.pk)).status

@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import AbstractBaseUser
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.middleware import HtmxDetails
+
+from providers import catalog
+from providers.registry import get_provider
+
+from . import replies
+from .models import Message, Organization, Thread, add_exchange
+from .tenancy import (
+    SESSION_ORG_KEY,
+    current_org,
+    get_message_for_user,
+    get_thread_for_user,
+    orgs_for_user,
+)
+from .validation import FieldError, check_send
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
+    user: AbstractBaseUser  # type: ignore[assignment]
+
+
+def _picker(thread: Thread | None) -> dict[str, Any]:
+    """Models grouped by provider, unavailable providers greyed with the reason."""
+    groups: dict[str, dict[str, Any]] = {}
+    for info in catalog.list_models():
+        provider = get_provider(info.provider)
+        group = groups.setdefault(
+            info.provider,
+            {
+                "id": info.provider,
+                "name": provider.display_name,
+                "reason": provider.unavailable_reason(),
+                "models": [],
+            },
+        )
+        group["models"].append(info)
+    selected_provider = (thread and thread.provider) or settings.DEFAULT_PROVIDER
+    selected_model = (thread and thread.model) or settings.DEFAULT_MODEL
+    return {
+        "groups": list(groups.values()),
+        "selected": f"{selected_provider}:{selected_model}",
+    }
+
+
+def _page_context(request: HttpRequest, org: Organization, thread: Thread | None) -> dict[str, Any]:
+    threads = Thread.objects.for_org(org).filter(archived=False).order_by("-updated")[:100]
+    return {
+        "org": org,
+        "orgs": orgs_for_user(request.user),
+        "threads": threads,
+        "thread": thread,
+        "picker": _picker(thread),
+        "max_chars": settings.MAX_MESSAGE_CHARS,
+    }
+
+
+@require_GET
+@login_required
+def index(request: HtmxHttpRequest) -> HttpResponse:
+    org = current_org(request)
+    latest = Thread.objects.for_org(org).filter(archived=False).order_by("-updated").first()
+    if latest is not None:
+        return redirect("threads:detail", code=latest.code)
+    return render(request, "threads/thread_detail.html", _page_context(request, org, None))
+
+
+@require_POST
+@login_required
+def new_thread(request: HtmxHttpRequest) -> HttpResponse:
+    org = current_org(request)
+    thread = Thread.objects.create(org=org, creator=request.user)
+    url = reverse("threads:detail", kwargs={"code": thread.code})
+    if request.htmx:
+        return HttpResponseClientRedirect(url)
+    return redirect(url)
+
+
+@require_GET
+@login_required
+def thread_detail(request: HtmxHttpRequest, code: uuid.UUID) -> HttpResponse:
+    thread = get_thread_for_user(request, code)
+    if request.session.get(SESSION_ORG_KEY) != thread.org.slug:
+        request.session[SESSION_ORG_KEY] = thread.org.slug
+    context = _page_context(request, thread.org, thread)
+    context["messages_list"] = list(
+        thread.messages.select_related("reply_to").order_by("created", "id")
+    )
+    response = render(request, "threads/thread_detail.html", context)
+    response["Vary"] = "HX-Request"
+    return response
+
+
+@require_POST
+@login_required
+def switch_org(request: HtmxHttpRequest) -> HttpResponse:
+    slug = request.POST.get("org", "")
+    if any(o.slug == slug for o in orgs_for_user(request.user)):
+        request.session[SESSION_ORG_KEY] = slug
+    return redirect("threads:index")
+
+
+@dataclass(slots=True)
+class _Send:
+    thread: Thread
+    errors: list[FieldError]
+    user_message: Message | None = None
+    reply: Message | None = None
+    created: bool = False
+
+
+def _save_send(request: HtmxHttpRequest, code: uuid.UUID) -> _Send:
+    thread = get_thread_for_user(request, code)
+    content = request.POST.get("content", "")
+    provider, _, model = request.POST.get("model", "").partition(":")
+    client_id = request.POST.get("client_id", "")[:64]
+    errors = check_send(content, provider, model)
+    if errors:
+        return _Send(thread, errors)
+    user_message, reply, created = add_exchange(
+        thread,
+        content=content,
+        provider=provider,
+        model=model,
+        author=request.user,
+        client_id=client_id,
+    )
+    return _Send(thread, [], user_message, reply, created)
+
+
+def _send_response(request: HtmxHttpRequest, sent: _Send) -> HttpResponse:
+    if sent.errors:
+        return render(
+            request,
+            "threads/thread_detail.html#compose-errors",
+            {"errors": sent.errors},
+            status=422,
+        )
+    if not request.htmx:
+        return redirect("threads:detail", code=sent.thread.code)
+    return render(
+        request,
+        "threads/thread_detail.html#sent",
+        {"user_message": sent.user_message, "reply": sent.reply},
+    )
+
+
+@require_POST
+@login_required
+async def send(request: HtmxHttpRequest, code: uuid.UUID) -> HttpResponse:
+    """Save the person's message first, answer with it and a skeleton, then generate."""
+    sent = await sync_to_async(_save_send)(request, code)
+    if sent.created and sent.reply is not None:
+        replies.start(sent.reply)
+    return await sync_to_async(_send_response)(request, sent)
+
+
+@require_POST
+@login_required
+async def cancel(request: HtmxHttpRequest, code: uuid.UUID) -> HttpResponse:
+    message = await sync_to_async(get_message_for_user)(request, code)
+    await replies.cancel(message)
+    if not request.htmx:
+        return redirect("threads:detail", code=message.thread.code)
+    # The socket shows the stopped reply; this answer only confirms.
+    return HttpResponse(status=204)
