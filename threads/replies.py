@@ -41,6 +41,7 @@ from providers.base import (
     Usage,
 )
 from providers.tokens import estimate_prompt_tokens, estimate_tokens
+from telemetry.recorder import ReplyTimings, arecord_attempts
 
 from .events import REPLY_EVENT, reply_group, request_snapshot, send_cancel, thread_group
 from .models import Message, Thread
@@ -185,6 +186,8 @@ class Generation:
         self.save_task: asyncio.Task[None] | None = None
         self.t0 = time.perf_counter()
         self.ttft_ms: int | None = None
+        self.first_token_at: float | None = None
+        self.first_frame_at: float | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -247,6 +250,8 @@ class Generation:
     def _on_event(self, event: object) -> None:
         if isinstance(event, TextDelta):
             if event.text:
+                if self.first_token_at is None:
+                    self.first_token_at = time.perf_counter()
                 self.pending_text.append(event.text)
                 self._frame()
         elif isinstance(event, ReasoningDelta):
@@ -319,6 +324,8 @@ class Generation:
         while (event := await self.outbox.get()) is not None:
             try:
                 await self.layer.group_send(self.group, event)
+                if self.first_frame_at is None and event["event"] == "delta":
+                    self.first_frame_at = time.perf_counter()
             except Exception:
                 log.exception("could not publish a frame of reply %s", self.code)
 
@@ -407,9 +414,22 @@ class Generation:
         message.finished = message.updated = message.heartbeat = now
         await message.asave()
         await Thread.objects.filter(pk=message.thread_id).aupdate(updated=now)
-        await _record_telemetry(message, self.attempts)
+        await _record_telemetry(message, self.attempts, self._timings(message.latency_ms))
         self._emit("done", done_payload(message))
         await cache.aset(_events_cache_key(self.code), self.events, EVENTS_CACHE_S)
+
+    def _timings(self, total_ms: int) -> ReplyTimings:
+        answering = next((a for a in reversed(self.attempts) if a.outcome == "ok"), None)
+        overhead = None
+        if self.first_token_at is not None and self.first_frame_at is not None:
+            overhead = max(0, round((self.first_frame_at - self.first_token_at) * 1000))
+        return ReplyTimings(
+            queued_ms=sum(a.queued_ms for a in self.attempts) if self.attempts else None,
+            upstream_ttft_ms=answering.ttft_ms if answering else None,
+            overhead_ms=overhead,
+            ttft_ms=self.ttft_ms,
+            total_ms=total_ms,
+        )
 
     async def _fail_safely(self) -> None:
         """Listeners must always get a `done`, even when saving failed."""
@@ -482,11 +502,14 @@ def _costs(
     return (total if priced else None), priced, vendor
 
 
-async def _record_telemetry(message: Message, attempts: list[policy.Attempt]) -> None:
-    # Telemetry never breaks chat: the recorder swallows its own errors.
-    from telemetry.recorder import arecord_attempts
-
-    await arecord_attempts(message, attempts)
+async def _record_telemetry(
+    message: Message, attempts: list[policy.Attempt], timings: ReplyTimings
+) -> None:
+    # Telemetry never breaks chat: the recorder swallows its own errors, and so do we.
+    try:
+        await arecord_attempts(message, attempts, timings)
+    except Exception:
+        log.exception("telemetry for reply %s was not recorded", message.code)
 
 
 # --- following a reply (SSE, blocking API) ------------------------------------------------
