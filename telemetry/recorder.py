@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING
+
+from providers import catalog
 
 if TYPE_CHECKING:
     from providers.policy import Attempt
     from threads.models import Message
+
+    from .models import ProviderCall
 
 log = logging.getLogger(__name__)
 
@@ -27,5 +32,87 @@ class ReplyTimings:
 async def arecord_attempts(
     message: Message, attempts: list[Attempt], timings: ReplyTimings
 ) -> None:
-    """Store the attempts of a finished reply (to be written by the telemetry app)."""
-    return None
+    """Store the attempts of a finished reply in one insert, then count them for /metrics.
+
+    Errors are logged and swallowed: a reply never fails because telemetry did.
+    """
+    if not attempts:
+        return
+    try:
+        from threads.models import Thread
+
+        from . import metrics
+        from .models import ProviderCall
+
+        org_id, org_slug = (
+            await Thread.objects.filter(pk=message.thread_id)
+            .values_list("org_id", "org__slug")
+            .aget()
+        )
+        calls = [
+            await _call_for(message, org_id, attempts, i, timings) for i in range(len(attempts))
+        ]
+        await ProviderCall.objects.abulk_create(calls)
+    except Exception:
+        log.exception("could not record the attempts of reply %s", message.pk)
+        return
+    try:
+        metrics.observe_calls(calls, org_slug)
+    except Exception:
+        log.exception("could not count the attempts of reply %s", message.pk)
+
+
+async def price(provider: str, model: str, usage: object) -> tuple[Decimal | None, bool]:
+    """(cost, priced) of `usage` at the model's price now; an unknown model is unpriced."""
+    try:
+        info = await catalog.aget_model(provider, model)
+    except catalog.UnknownModelError:
+        return None, False
+    cost = info.cost(usage)  # type: ignore[arg-type]
+    return cost, cost is not None
+
+
+async def _call_for(
+    message: Message, org_id: int, attempts: list[Attempt], index: int, timings: ReplyTimings
+) -> ProviderCall:
+    from .models import ProviderCall
+
+    attempt = attempts[index]
+    usage = attempt.usage
+    final = index == len(attempts) - 1
+    is_retry = any(
+        a.provider == attempt.provider and a.model == attempt.model for a in attempts[:index]
+    )
+    cost: Decimal | None = None
+    priced = True
+    if usage is not None:
+        cost, priced = await price(attempt.provider, attempt.model, usage)
+    return ProviderCall(
+        org_id=org_id,
+        thread_id=message.thread_id,
+        message_id=message.pk,
+        provider=attempt.provider,
+        model=attempt.model,
+        number=attempt.number,
+        outcome=attempt.outcome,
+        http_status=attempt.http_status,
+        error_class=attempt.error_class[:64],
+        error_message=attempt.error_message[:500],
+        is_retry=is_retry,
+        is_fallback=attempt.is_fallback,
+        started=attempt.started,
+        queued_ms=attempt.queued_ms,
+        ttft_ms=attempt.ttft_ms,
+        latency_ms=attempt.latency_ms,
+        final=final,
+        overhead_ms=timings.overhead_ms if final else None,
+        reply_ttft_ms=timings.ttft_ms if final else None,
+        reply_total_ms=timings.total_ms if final else None,
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=usage.completion_tokens if usage else 0,
+        reasoning_tokens=usage.reasoning_tokens if usage else 0,
+        tokens_estimated=usage.estimated if usage else False,
+        cost_usd=cost,
+        priced=priced,
+        vendor_cost_usd=usage.vendor_cost_usd if usage else None,
+    )
