@@ -312,3 +312,25 @@ LLM_QUEUE_MAX_WAIT_S = env_float("LLM_QUEUE_MAX_WAIT_S", 30.0)
 LLM_SLOT_LEASE_S = env_float("LLM_SLOT_LEASE_S", 30.0)
 LLM_QUEUE_POLL_S = env_float("LLM_QUEUE_POLL_S", 0.2)
 LLM_LIMITS_PREFIX = env_str("LLM_LIMITS_PREFIX", "llm-limits")
+
+# --- Telemetry --------------------------------------------------------------------------
+# /metrics and /api/metrics accept this as a Bearer token (besides a staff session); empty
+# means staff sessions only.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+# Raw attempt rows are pruned after this many days (at least 32: budgets sum the month's rows);
+# rollups keep minutes 2 days, hours 90 days, days for good.
+TELEMETRY_RETENTION_DAYS = env_int("TELEMETRY_RETENTION_DAYS", 35)
+# Several processes (daphne instances, Celery workers): point every process of a host at one
+# directory, emptied before they start, and /metrics sums them. prometheus_client reads the
+# variable when it is first imported, which is after settings.
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", "")
+if PROMETHEUS_MULTIPROC_DIR:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "telemetry-fold": {"task": "telemetry.tasks.fold_rollups", "schedule": 60.0},
+        "telemetry-probe": {"task": "telemetry.tasks.probe_readiness", "schedule": 60.0},
+        "telemetry-prune": {"task": "telemetry.tasks.prune_telemetry", "schedule": 3600.0},
+    }
+)

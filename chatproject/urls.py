@@ -8,6 +8,7 @@ from django.urls import include, path
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
+from telemetry import views as telemetry_views
 from threads.api import ApiError, error_body
 from threads.api import router as threads_router
 
@@ -68,6 +69,7 @@ def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/metrics", telemetry_views.api_metrics),
     path("api/", api.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("", include("telemetry.urls")),
