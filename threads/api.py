@@ -322,10 +322,10 @@ def _save_send(
     org: Organization, thread_id: uuid.UUID, payload: SendIn
 ) -> tuple[Message, Message, bool]:
     thread = _get_thread(org, thread_id)
-    errors = check_send(payload.content, payload.provider, payload.model)
+    errors = check_send(payload.content, payload.provider, payload.model, org=thread.org)
     if errors:
         first = errors[0]
-        raise ApiError(422, "validation_error", first.message, first.field)
+        raise ApiError(first.status, first.code, first.message, first.field)
     return add_exchange(
         thread,
         content=payload.content,

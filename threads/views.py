@@ -17,6 +17,7 @@ from django_htmx.middleware import HtmxDetails
 
 from providers import catalog
 from providers.registry import get_provider
+from telemetry.budgets import budget_status
 
 from . import replies
 from .models import Message, Organization, Thread, add_exchange
@@ -67,6 +68,7 @@ def _page_context(request: HttpRequest, org: Organization, thread: Thread | None
         "thread": thread,
         "picker": _picker(thread),
         "max_chars": settings.MAX_MESSAGE_CHARS,
+        "budget": budget_status(org),
     }
 
 
@@ -129,7 +131,7 @@ def _save_send(request: HtmxHttpRequest, code: uuid.UUID) -> _Send:
     content = request.POST.get("content", "")
     provider, _, model = request.POST.get("model", "").partition(":")
     client_id = request.POST.get("client_id", "")[:64]
-    errors = check_send(content, provider, model)
+    errors = check_send(content, provider, model, org=thread.org)
     if errors:
         return _Send(thread, errors)
     user_message, reply, created = add_exchange(
