@@ -140,7 +140,7 @@ class _Sum:
     latency: list[int] = field(default_factory=histograms.empty)
     overhead: list[int] = field(default_factory=histograms.empty)
 
-    def add(self, row: dict[str, Any]) -> None:
+    def add(self, row: dict[str, Any], hists: bool = True) -> None:
         self.requests += row["requests"]
         self.errors += row["errors"]
         self.cancelled += row["cancelled"]
@@ -152,9 +152,19 @@ class _Sum:
         self.cost += row["cost_usd"]
         self.vendor += row["vendor_cost_usd"]
         self.vendor_ours += row["vendor_ours_usd"]
-        histograms.merge(self.ttft, row["ttft_hist"])
-        histograms.merge(self.latency, row["latency_hist"])
-        histograms.merge(self.overhead, row["overhead_hist"])
+        if hists:
+            histograms.merge(self.ttft, row["ttft_hist"])
+            histograms.merge(self.latency, row["latency_hist"])
+            histograms.merge(self.overhead, row["overhead_hist"])
+
+    def add_sum(self, other: _Sum) -> None:
+        for name in ("requests", "errors", "cancelled", "retries", "fallbacks", "replies"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("tokens", "unpriced", "cost", "vendor", "vendor_ours"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        histograms.merge(self.ttft, other.ttft)
+        histograms.merge(self.latency, other.latency)
+        histograms.merge(self.overhead, other.overhead)
 
     @property
     def error_rate(self) -> float | None:
@@ -170,12 +180,17 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     spend: dict[datetime, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     classes: dict[str, int] = defaultdict(int)
     for row in rows:
-        total.add(row)
+        # Each row's histograms are merged twice (per model, per time), the total from models.
         by_model[(row["provider"], row["model"])].add(row)
-        by_time[row["start"]].add(row)
+        at = by_time[row["start"]]
+        at.add(row, hists=False)
+        histograms.merge(at.ttft, row["ttft_hist"])
+        histograms.merge(at.latency, row["latency_hist"])
         spend[row["start"]][row["model"]] += row["cost_usd"]
         for cls, n in row["errors_by_class"].items():
             classes[cls] += n
+    for per_model in by_model.values():
+        total.add_sum(per_model)
     return {
         "total": total,
         "by_model": by_model,

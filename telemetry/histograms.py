@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Sequence
+from operator import add as add_
 
 RATIO = 1.2
 FIRST_MS = 5.0
@@ -37,9 +38,7 @@ def add(hist: list[int], ms: int | float | None) -> None:
 def merge(into: list[int], other: Sequence[int] | None) -> list[int]:
     """Add `other` to `into` in place (a shorter or missing list counts as zeros)."""
     if other:
-        for i, count in enumerate(other):
-            if count:
-                into[i] += count
+        into[: len(other)] = map(add_, into, other)
     return into
 
 

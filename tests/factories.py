@@ -39,3 +39,26 @@ def make_exchange(
     assistant.status = Message.Status.COMPLETE
     assistant.save()
     return user_message, assistant
+
+
+def make_call(org: Organization, **fields: object) -> object:
+    """A telemetry ProviderCall row with plausible defaults."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from telemetry.models import ProviderCall
+
+    defaults: dict[str, object] = {
+        "provider": "demo",
+        "model": "demo-chat",
+        "number": 1,
+        "outcome": "ok",
+        "started": datetime.now(UTC),
+        "ttft_ms": 300,
+        "latency_ms": 2000,
+        "prompt_tokens": 100,
+        "completion_tokens": 50,
+        "cost_usd": Decimal("0.001"),
+        "final": True,
+    }
+    return ProviderCall.objects.create(org=org, **{**defaults, **fields})
