@@ -286,7 +286,9 @@ def _existing_exchange(thread: Thread, client_id: str) -> tuple[Message, Message
     )
     if user_message is None:
         return None
-    return user_message, user_message.reply  # type: ignore[attr-defined]
+    reply: Message = user_message.reply  # type: ignore[attr-defined]
+    user_message.thread = reply.thread = thread
+    return user_message, reply
 
 
 def _title_from(content: str) -> str:

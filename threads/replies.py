@@ -74,7 +74,7 @@ def start(message: Message) -> asyncio.Task[None]:
     # A fresh context: the request's (and its per-request thread executor, which Django
     # shuts down when the response ends) must not leak into a task that outlives it.
     task = asyncio.create_task(
-        Generation(message.pk).run(), name=f"reply-{message.code}", context=contextvars.Context()
+        Generation(message.pk, str(message.code)).run(), name=f"reply-{message.code}", context=contextvars.Context()
     )
     _running.add(task)
     task.add_done_callback(_running.discard)
@@ -161,8 +161,9 @@ def events_from_row(message: Message) -> list[dict[str, Any]]:
 
 
 class Generation:
-    def __init__(self, message_pk: int) -> None:
+    def __init__(self, message_pk: int, code: str) -> None:
         self.message_pk = message_pk
+        self.code = code
         self.layer = _layer()
         self.seq = 0
         self.events: list[dict[str, Any]] = []
@@ -192,14 +193,14 @@ class Generation:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> None:
+        # Listen first, so a cancel or snapshot request sent right after start() is heard.
+        control_channel = await self.layer.new_channel()
+        await self.layer.group_add(reply_group(self.code), control_channel)
         message = await Message.objects.select_related("thread__org", "reply_to").aget(
             pk=self.message_pk
         )
         self.message = message
-        self.code = str(message.code)
         self.group = thread_group(message.thread.code)
-        control_channel = await self.layer.new_channel()
-        await self.layer.group_add(reply_group(self.code), control_channel)
         sender = asyncio.create_task(self._send_loop())
         control = asyncio.create_task(self._control_loop(control_channel))
         ticker = asyncio.create_task(self._heartbeat_loop())
@@ -516,7 +517,14 @@ async def _record_telemetry(
 
 
 async def follow(message: Message, after_seq: int = 0) -> AsyncIterator[dict[str, Any]]:
-    """Yield a reply's events after `after_seq`: what happened so far, then live, to `done`."""
+    """Yield a reply's events after `after_seq`: what happened so far, then live, to `done`.
+
+    1. Join the thread group, then ask the generation for a snapshot of its events.
+    2. Until the snapshot arrives, live events are covered by it and skipped, except the
+       very next one expected (a reply that has just started answers with its `start`).
+    3. If nobody answers, the row decides: finished, still fresh (ask again), or orphaned
+       by a dead process (ended as interrupted).
+    """
     layer = _layer()
     code = str(message.code)
     channel = await layer.new_channel()
@@ -538,44 +546,53 @@ async def follow(message: Message, after_seq: int = 0) -> AsyncIterator[dict[str
                     layer.receive(channel), IDLE_PROBE_S if synced else SNAPSHOT_TIMEOUT_S
                 )
             except TimeoutError:
-                if synced:
-                    # Quiet for a while (a long queue wait?): check the generation is alive.
-                    synced = False
-                    await request_snapshot(code, channel)
-                    continue
-                # Nobody answered: the generation is gone; the row is all there is.
-                fresh = await Message.objects.select_related("reply_to").aget(pk=message.pk)
-                for event in await _finished_events(fresh):
-                    if event["seq"] > last:
-                        yield event
-                return
-            if msg.get("message") != code:
-                continue
-            if msg["type"] == "reply.snapshot_result":
-                synced = True
-                for event in msg["events"]:
-                    if event["seq"] > last:
-                        last = event["seq"]
-                        yield event
-                        if event["event"] == "done":
-                            return
-            elif msg["type"] == REPLY_EVENT:
                 if not synced:
-                    if msg["event"] == "done":
-                        # Finished before it could answer the snapshot request.
-                        fresh = await Message.objects.select_related("reply_to").aget(pk=message.pk)
+                    fresh = await _settle_orphan(message.pk)
+                    if not fresh.is_active:
                         for event in await _finished_events(fresh):
                             if event["seq"] > last:
                                 yield event
                         return
-                    continue
-                if msg["seq"] > last:
-                    last = msg["seq"]
-                    yield msg
-                    if msg["event"] == "done":
-                        return
+                # Quiet for a while (a long queue wait?) or not started yet: ask again.
+                synced = False
+                await request_snapshot(code, channel)
+                continue
+            if msg.get("message") != code:
+                continue
+            if msg["type"] == "reply.snapshot_result":
+                events = [e for e in msg["events"] if e["seq"] > last]
+            elif msg["type"] == REPLY_EVENT and (synced or msg["seq"] == last + 1):
+                events = [msg] if msg["seq"] > last else []
+            elif msg["type"] == REPLY_EVENT and msg["event"] == "done":
+                # Finished before it could answer the snapshot request.
+                fresh = await Message.objects.select_related("reply_to").aget(pk=message.pk)
+                events = [e for e in await _finished_events(fresh) if e["seq"] > last]
+            else:
+                continue
+            synced = True
+            for event in events:
+                last = event["seq"]
+                yield event
+                if event["event"] == "done":
+                    return
     finally:
         await layer.group_discard(group, channel)
+
+
+async def _settle_orphan(pk: int) -> Message:
+    """End a reply that no generation answers for and that shows no sign of life."""
+    stale = timezone.now() - timedelta(seconds=STALE_AFTER_S)
+    await Message.objects.filter(
+        Q(heartbeat__lt=stale) | Q(heartbeat__isnull=True, created__lt=stale),
+        pk=pk,
+        status__in=Message.ACTIVE,
+    ).aupdate(
+        status=Message.Status.INTERRUPTED,
+        finish_reason="error",
+        error="The server stopped while writing this reply.",
+        finished=timezone.now(),
+    )
+    return await Message.objects.select_related("reply_to").aget(pk=pk)
 
 
 async def _finished_events(message: Message) -> list[dict[str, Any]]:
