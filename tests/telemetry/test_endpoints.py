@@ -35,7 +35,7 @@ def test_readyz_says_what_failed(client):
 
 
 def test_the_probe_task_records_readiness():
-    assert probe_readiness.delay().get() is True
+    assert probe_readiness.apply().get() is True
     probe = Probe.objects.get()
     assert probe.ok and probe.failures == {}
 

@@ -114,4 +114,4 @@ def test_the_celery_task_folds():
     from telemetry.tasks import fold_rollups
 
     make_call(make_org(), started=T0)
-    assert fold_rollups.delay().get() == 1
+    assert fold_rollups.apply().get() == 1
