@@ -62,8 +62,11 @@ def limits_for(info: ModelInfo) -> tuple[Limit, ...]:
     model_key = f"{info.provider}:{info.id}"
     p_conc, p_rpm = configured.get(provider_key, (None, None))
     m_conc, m_rpm = configured.get(model_key, (info.concurrency, info.rpm))
-    limits = (Limit(provider_key, p_conc, p_rpm), Limit(model_key, m_conc, m_rpm))
-    return tuple(limit for limit in limits if limit.bounded)
+    provider_limit = Limit(provider_key, p_conc, p_rpm)
+    limits = (provider_limit,) if provider_limit.bounded else ()
+    # The model's limit is always named, even when unbounded, so that a 429 can pause the
+    # model for every request (see `Limiter.pause`).
+    return (*limits, Limit(model_key, m_conc, m_rpm))
 
 
 def ordinal(n: int) -> str:

@@ -481,6 +481,10 @@ class _Turn:
                 max_attempts=max_attempts,
                 from_model=target.model,
             )
+            if error.kind is ErrorKind.RATE_LIMITED:
+                # Other requests for this model now wait in its queue instead of collecting
+                # 429s of their own.
+                await opts.limiter.pause(str(target), delay)
             await opts.sleep(delay)
 
     def _retry_delay(self, error: ProviderError, tries: int) -> float | None:

@@ -165,7 +165,8 @@ def test_limits_come_from_settings_then_the_catalog(settings):
         Limit("openrouter", 8, None),
         Limit("openrouter:deepseek/deepseek-r1:free", 1, 10),
     )
-    assert limits_for(ModelInfo("demo", "demo-chat", "Demo")) == ()
+    # The model is always named (a 429 pauses it), even without limits of its own.
+    assert limits_for(ModelInfo("demo", "demo-chat", "Demo")) == (Limit("demo:demo-chat"),)
 
 
 def test_queue_detail_reads_well():

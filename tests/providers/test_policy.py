@@ -128,7 +128,7 @@ def run(fake_time):
                 sleep=fake_time.sleep,
                 rng=random.Random(7),
                 cooldown=cooldown or Cooldown(clock=fake_time.clock),
-                limiter=limiter or LocalLimiter(),
+                limiter=limiter or LocalLimiter(clock=fake_time.clock),
                 **kwargs,
             ):
                 events.append(event)
@@ -216,6 +216,26 @@ async def test_retry_after_is_honoured(adapters, run, fake_time):
     assert status.detail == "Hold on: OpenAI is rate-limiting; retrying in 4 s (attempt 2 of 3)"
     assert status.retry_in_s == 4
     assert attempts[0].outcome == "rate_limited"
+
+
+async def test_a_rate_limited_model_holds_back_other_requests(adapters, run, fake_time):
+    limiter = LocalLimiter(clock=fake_time.clock)
+    limited = error(ErrorKind.RATE_LIMITED, 429, "rate_limited", retry_after=4)
+    adapters["openai"].play([limited], ["Hi"])
+    paused = []
+    real_sleep = fake_time.sleep
+
+    async def sleep_and_look(seconds):
+        # While this request waits out its Retry-After, a new one for the model must queue.
+        other = limiter.slot("openai:gpt-4o-mini", (Limit("openai:gpt-4o-mini"),), max_wait_s=9)
+        paused.append(await anext(other))
+        await other.release()
+        await real_sleep(seconds)
+
+    fake_time.sleep = sleep_and_look
+    events, attempts = await run(["openai:gpt-4o-mini"], limiter=limiter)
+    assert paused == [1]
+    assert text(events) == "Hi"
 
 
 async def test_a_retry_after_beyond_the_cap_falls_back_instead(adapters, run, fake_time):
@@ -516,7 +536,11 @@ async def test_cancelling_a_turn_records_a_cancelled_attempt(adapters):
     async def consume():
         request = ChatRequest(provider="", model="", turns=(Turn("user", "Hi"),))
         async for event in run_chain(
-            request, [Target("openai", "gpt-4o-mini")], attempts, cooldown=Cooldown()
+            request,
+            [Target("openai", "gpt-4o-mini")],
+            attempts,
+            cooldown=Cooldown(),
+            limiter=LocalLimiter(),
         ):
             if isinstance(event, TextDelta):
                 first.set()
@@ -534,7 +558,13 @@ async def test_closing_the_stream_early_records_the_attempt(adapters, run):
     adapters["openai"].play(["one", "two", "three"])
     attempts: list = []
     request = ChatRequest(provider="", model="", turns=(Turn("user", "Hi"),))
-    stream = run_chain(request, [Target("openai", "gpt-4o-mini")], attempts, cooldown=Cooldown())
+    stream = run_chain(
+        request,
+        [Target("openai", "gpt-4o-mini")],
+        attempts,
+        cooldown=Cooldown(),
+        limiter=LocalLimiter(),
+    )
     async for event in stream:
         if isinstance(event, TextDelta):
             break
