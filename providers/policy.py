@@ -34,7 +34,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -381,7 +381,7 @@ class _Turn:
                 )
         return None
 
-    async def run(self) -> AsyncIterator[PolicyEvent]:
+    async def run(self) -> AsyncGenerator[PolicyEvent]:
         last: ProviderError | None = None
         failed_from: str | None = None  # model whose failure sent us down the chain
         index = 0
@@ -444,7 +444,7 @@ class _Turn:
 
     async def _target(
         self, index: int, info: ModelInfo
-    ) -> AsyncIterator[PolicyEvent | ProviderError]:
+    ) -> AsyncGenerator[PolicyEvent | ProviderError]:
         """Try one target, with retries. Yields events, then the final error if it failed."""
         target = self.targets[index]
         opts = self.opts
@@ -520,7 +520,7 @@ class _Turn:
 
     async def _attempt(
         self, index: int, info: ModelInfo
-    ) -> AsyncIterator[PolicyEvent | ProviderError]:
+    ) -> AsyncGenerator[PolicyEvent | ProviderError]:
         """One request: queue, stream. Yields events, then a ProviderError if it failed."""
         target = self.targets[index]
         opts = self.opts
