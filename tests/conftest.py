@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -57,4 +58,7 @@ def slow_demo(settings):
 async def generations():
     """Wait for every reply started during the test before the database goes away."""
     yield
-    await replies.wait_all()
+    try:
+        await asyncio.wait_for(replies.wait_all(), 20)
+    except TimeoutError:
+        pytest.fail(f"replies still running after the test: {replies._running}")

@@ -56,10 +56,13 @@ class ThreadConsumer(AsyncWebsocketConsumer):
         message = await _get_message(self.thread, code)
         if message is None:
             return
-        state = _state_from_events(events)
-        await self.send(text_data=_render_message(message, state, oob="outerHTML"))
         if any(e["event"] == "done" for e in events):
             await self._send_final(code)
+            return
+        # Render what the snapshot holds, not the row, which may be ahead of it or behind.
+        state = _state_from_events(events)
+        message.status = Message.Status.STREAMING if state["text"] else Message.Status.QUEUED
+        await self.send(text_data=_render_message(message, state, oob="outerHTML"))
 
     async def reply_event(self, event: dict[str, Any]) -> None:
         code = event["message"]
@@ -75,7 +78,10 @@ class ThreadConsumer(AsyncWebsocketConsumer):
             html = ""
             if message.reply_to is not None:
                 html += _render_message(message.reply_to, None, oob="beforeend:#message-list")
-            html += _render_message(message, {}, oob="beforeend:#message-list")
+            # Its frames follow, so it starts empty whatever the row says by now.
+            message.status = Message.Status.QUEUED
+            live = {"text": "", "reasoning": ""}
+            html += _render_message(message, live, oob="beforeend:#message-list")
             await self.send(text_data=html)
             return
         last = self.synced[code]

@@ -74,7 +74,9 @@ def start(message: Message) -> asyncio.Task[None]:
     # A fresh context: the request's (and its per-request thread executor, which Django
     # shuts down when the response ends) must not leak into a task that outlives it.
     task = asyncio.create_task(
-        Generation(message.pk, str(message.code)).run(), name=f"reply-{message.code}", context=contextvars.Context()
+        Generation(message.pk, str(message.code)).run(),
+        name=f"reply-{message.code}",
+        context=contextvars.Context(),
     )
     _running.add(task)
     task.add_done_callback(_running.discard)
@@ -82,9 +84,10 @@ def start(message: Message) -> asyncio.Task[None]:
 
 
 async def wait_all() -> None:
-    """Wait for every running generation (tests and graceful shutdown)."""
-    while _running:
-        await asyncio.gather(*list(_running), return_exceptions=True)
+    """Wait for every generation running in this event loop (tests, graceful shutdown)."""
+    loop = asyncio.get_running_loop()
+    while mine := [task for task in _running if task.get_loop() is loop]:
+        await asyncio.gather(*mine, return_exceptions=True)
 
 
 def build_request(message: Message) -> ChatRequest:

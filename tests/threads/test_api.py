@@ -114,7 +114,10 @@ async def test_thread_lists_are_paginated_with_a_cursor(tenants):
         ({"content": "hi", "provider": "nope", "model": "demo-chat"}, "provider"),
         ({"content": "hi", "provider": "demo", "model": "demo-chaat"}, "model"),
         ({"content": "hi", "role": "assistant", "provider": "demo", "model": "demo-chat"}, "role"),
-        ({"content": "hi", "provider": "demo", "model": "demo-chat", "client_id": "x" * 65}, "client_id"),
+        (
+            {"content": "hi", "provider": "demo", "model": "demo-chat", "client_id": "x" * 65},
+            "client_id",
+        ),
     ],
 )
 async def test_bad_input_is_a_422_naming_the_field(tenants, body, field):
@@ -146,7 +149,10 @@ async def test_malformed_json_is_a_4xx_json_error(tenants):
 
 
 async def test_an_unavailable_provider_is_refused_before_sending(tenants, settings):
-    settings.LLM_PROVIDERS = {**settings.LLM_PROVIDERS, "openai": {"api_key": "", "base_url": "http://127.0.0.1:9"}}
+    settings.LLM_PROVIDERS = {
+        **settings.LLM_PROVIDERS,
+        "openai": {"api_key": "", "base_url": "http://127.0.0.1:9"},
+    }
     client = ApiClient(tenants["acme_key"])
     response = await client.post(
         f"/api/threads/{tenants['acme_thread'].code}/messages",
@@ -207,8 +213,19 @@ async def test_models_are_listed_with_availability(tenants):
     models = response.json()
     demo = next(m for m in models if m["provider"] == "demo")
     assert demo["available"] is True and demo["unavailable_reason"] == ""
-    keys = {"provider", "id", "display_name", "available", "unavailable_reason", "tier",
-            "input_per_mtok", "output_per_mtok", "context_window", "capabilities", "status"}
+    keys = {
+        "provider",
+        "id",
+        "display_name",
+        "available",
+        "unavailable_reason",
+        "tier",
+        "input_per_mtok",
+        "output_per_mtok",
+        "context_window",
+        "capabilities",
+        "status",
+    }
     assert keys <= set(demo)
 
 

@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+from django.utils.html import escape
+
+from chatproject.asgi import application
+from providers.demo import demo_reply
+from tests.factories import make_org, make_thread, make_user
+from threads import replies
+from threads.models import Message, add_exchange
+from threads.routing import websocket_urlpatterns
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+async def acme(generations):
+    org = await sync_to_async(make_org)("acme")
+    user = await sync_to_async(make_user)("alice", org)
+    thread = await sync_to_async(make_thread)(org, user)
+    return org, user, thread
+
+
+async def connect(user, thread) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(
+        URLRouter(websocket_urlpatterns), f"/ws/threads/{thread.code}/"
+    )
+    communicator.scope["user"] = user
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
+
+
+async def start_reply(thread, content="Hello") -> Message:
+    _, reply, _ = await sync_to_async(add_exchange)(
+        thread, content=content, provider="demo", model="demo-chat"
+    )
+    reply = await Message.objects.select_related("thread").aget(pk=reply.pk)
+    replies.start(reply)
+    return reply
+
+
+def final(reply: Message, status: str = "complete") -> str:
+    return f'id="msg-{reply.code}" class="msg msg-assistant" data-status="{status}"'
+
+
+async def receive_until(communicator, needle: str, limit: int = 500) -> list[str]:
+    frames = []
+    for _ in range(limit):
+        frame = await communicator.receive_from(timeout=5)
+        frames.append(frame)
+        if needle in frame:
+            return frames
+    raise AssertionError(f"{needle!r} never came")
+
+
+async def test_it_rejects_anonymous(acme):
+    from django.contrib.auth.models import AnonymousUser
+
+    _, _, thread = acme
+    communicator = WebsocketCommunicator(
+        URLRouter(websocket_urlpatterns), f"/ws/threads/{thread.code}/"
+    )
+    communicator.scope["user"] = AnonymousUser()
+    connected, _ = await communicator.connect()
+    assert not connected
+
+
+async def test_it_rejects_another_orgs_member(acme):
+    _, _, thread = acme
+    globex = await sync_to_async(make_org)("globex")
+    mallory = await sync_to_async(make_user)("mallory", globex)
+    communicator = WebsocketCommunicator(
+        URLRouter(websocket_urlpatterns), f"/ws/threads/{thread.code}/"
+    )
+    communicator.scope["user"] = mallory
+    connected, _ = await communicator.connect()
+    assert not connected
+
+
+async def test_it_rejects_a_foreign_origin(acme):
+    _, _, thread = acme
+    communicator = WebsocketCommunicator(
+        application, f"/ws/threads/{thread.code}/", headers=[(b"origin", b"https://evil.example")]
+    )
+    connected, _ = await communicator.connect()
+    assert not connected
+
+
+async def test_it_streams_tokens_as_out_of_band_fragments(acme):
+    _, user, thread = acme
+    communicator = await connect(user, thread)
+    reply = await start_reply(thread)
+    frames = await receive_until(communicator, final(reply))
+    # A turn started elsewhere is appended whole, then deltas go into its body.
+    assert 'hx-swap-oob="beforeend:#message-list"' in frames[0]
+    assert f'id="msg-{reply.code}"' in frames[0]
+    deltas = [f for f in frames if f'id="body-{reply.code}" hx-swap-oob="beforeend"' in f]
+    assert deltas, frames
+    saved = await Message.objects.aget(pk=reply.pk)
+    assert escape(saved.content) in frames[-1]
+    assert 'hx-swap-oob="outerHTML"' in frames[-1]
+    await communicator.disconnect()
+
+
+async def test_model_output_is_escaped(acme, settings):
+    _, user, thread = acme
+    communicator = await connect(user, thread)
+    reply = await start_reply(thread, content="<script>alert(1)</script>")
+    frames = await receive_until(communicator, final(reply))
+    assert all("<script>alert(1)</script>" not in f for f in frames)
+    assert any("&lt;script&gt;alert(1)&lt;/script&gt;" in f for f in frames)
+    await communicator.disconnect()
+
+
+async def test_a_second_connection_mid_stream_sees_the_text_so_far(acme, slow_demo):
+    _, user, thread = acme
+    first = await connect(user, thread)
+    reply = await start_reply(thread)
+    await receive_until(first, f'id="body-{reply.code}" hx-swap-oob="beforeend"')
+    await receive_until(first, f'id="body-{reply.code}" hx-swap-oob="beforeend"')
+
+    second = await connect(user, thread)
+    snapshot = await second.receive_from(timeout=5)
+    assert 'hx-swap-oob="outerHTML"' in snapshot and 'data-status="streaming"' in snapshot
+    assert "You said" in snapshot  # the text streamed before this socket connected
+    frames = await receive_until(second, final(reply))
+    saved = await Message.objects.aget(pk=reply.pk)
+    assert escape(saved.content) in frames[-1]
+    await first.disconnect()
+    await second.disconnect()
+
+
+async def test_cancel_keeps_the_partial_text(acme, slow_demo):
+    _, user, thread = acme
+    communicator = await connect(user, thread)
+    reply = await start_reply(thread)
+    await receive_until(communicator, f'id="body-{reply.code}" hx-swap-oob="beforeend"')
+    status = await replies.cancel(reply)
+    assert status == "cancelled"
+    saved = await Message.objects.aget(pk=reply.pk)
+    assert saved.status == "cancelled" and saved.finish_reason == "cancelled"
+    full = "".join(demo_reply("Hello"))
+    assert saved.content and full.startswith(saved.content)
+    assert len(saved.content) < len(full)
+    frames = await receive_until(communicator, final(reply, "cancelled"))
+    assert "Stopped." in frames[-1]
+    assert escape(saved.content) in frames[-1]
+    await communicator.disconnect()
+
+
+async def test_a_reply_survives_its_socket_closing(acme, slow_demo):
+    _, user, thread = acme
+    communicator = await connect(user, thread)
+    reply = await start_reply(thread)
+    await receive_until(communicator, f'id="body-{reply.code}" hx-swap-oob="beforeend"')
+    await communicator.disconnect()
+    await replies.wait_all()
+    saved = await Message.objects.aget(pk=reply.pk)
+    assert saved.status == "complete" and saved.content.startswith("You said")
