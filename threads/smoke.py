@@ -435,6 +435,7 @@ class StreamResult:
     ttft_ms: float | None = None
     latency_ms: float | None = None
     deltas: int = 0
+    first_token_at: float | None = None  # time.perf_counter() at the first delta
     events: list[str] = field(default_factory=list)
 
 
@@ -493,6 +494,7 @@ async def stream_reply(
                         result.deltas += 1
                         if result.ttft_ms is None:
                             result.ttft_ms = (now - started) * 1000
+                            result.first_token_at = now
                     elif name == "error":
                         result.error = f"{data.get('code')}: {data.get('message')}"
                     elif name == "done":
