@@ -1,0 +1,275 @@
+"""`manage.py bench_overhead`: what the app adds on top of the provider's own stream.
+
+1. Start the fake provider (OpenAI format, 200 ms to the first token, 50 tokens 20 ms apart)
+   and the app under daphne pointed at it (embedded defaults, or PostgreSQL + Redis).
+2. At each concurrency level, stream the same replies straight from the fake (the baseline),
+   through the app's SSE endpoint, and through the page's WebSocket (what a browser sees).
+3. Report the added TTFT and latency (P50 / P95), the app's CPU time per upstream chunk and
+   RSS per active stream (from /proc), and on PostgreSQL the rows written per reply
+   (pg_stat_user_tables n_tup_ins + n_tup_upd + n_tup_del).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import CommandError, CommandParser
+
+from threads import smoke
+
+PG_WRITES = "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables"
+
+
+class Command(smoke.SmokeCommand):
+    help = (
+        "Measure the app's added TTFT/latency over the fake provider at 1, 25 and 50 streams "
+        "(SSE and WebSocket), its CPU per upstream chunk, RSS per stream and DB writes per reply."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--levels", default="1,25,50", help="Concurrent streams, comma-separated."
+        )
+        parser.add_argument(
+            "--rounds", type=int, default=2, help="Replies per stream slot at each level."
+        )
+        parser.add_argument(
+            "--backend",
+            choices=["embedded", "services", "both"],
+            default="embedded",
+            help="embedded: SQLite + in-memory layer; services: PostgreSQL + Redis.",
+        )
+        parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/test")
+        parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/7")
+        parser.add_argument("--no-websocket", action="store_true", help="Skip the WebSocket path.")
+        parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
+        parser.add_argument("--target-ttft-25-ms", type=float, default=10.0)
+        parser.add_argument("--target-ttft-50-ms", type=float, default=25.0)
+        parser.add_argument("--target-latency-50-ms", type=float, default=50.0)
+        parser.add_argument("--target-cpu-per-chunk-ms", type=float, default=0.2)
+        parser.add_argument("--target-writes-per-reply", type=float, default=6.0)
+
+    def handle(self, *args: Any, **options: Any) -> str:
+        levels = [int(x) for x in options["levels"].split(",") if x.strip()]
+        backends = (
+            ["embedded", "services"] if options["backend"] == "both" else [options["backend"]]
+        )
+        report = smoke.Report(f"bench_overhead levels={levels} rounds={options['rounds']}")
+        for backend in backends:
+            with self._backend(backend, options) as (env, pg_url), smoke.FakeProvider() as fake:
+                fake.script()
+                with smoke.AppServer(env | fake.app_env()) as server:
+                    asyncio.run(self._bench(backend, server, fake, pg_url, levels, options, report))
+        return self.emit(report, options["json"])
+
+    @contextlib.contextmanager
+    def _backend(
+        self, backend: str, options: dict[str, Any]
+    ) -> Iterator[tuple[dict[str, str], str | None]]:
+        if backend == "embedded":
+            yield {}, None
+            return
+        import psycopg
+
+        base = options["database_url"]
+        name = f"bench_{uuid.uuid4().hex[:8]}"
+        url = base.rsplit("/", 1)[0] + "/" + name
+        try:
+            admin = psycopg.connect(base.replace("postgres://", "postgresql://"), autocommit=True)
+        except psycopg.Error as exc:
+            raise CommandError(f"PostgreSQL at {base}: {exc}") from None
+        with admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+            try:
+                yield {"DATABASE_URL": url, "REDIS_URL": options["redis_url"]}, url
+            finally:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    async def _bench(
+        self,
+        backend: str,
+        server: smoke.AppServer,
+        fake: smoke.FakeProvider,
+        pg_url: str | None,
+        levels: list[int],
+        options: dict[str, Any],
+        report: smoke.Report,
+    ) -> None:
+        target = smoke.Target(server.url, server.api_key, *smoke.FAKE_MODEL)
+        verbosity = options["verbosity"]
+        password = settings.DEMO_PASSWORD or "demo-password"
+        async with smoke.client(limit=max(levels) * 2 + 10) as http:
+            browser = None
+            if not options["no_websocket"]:
+                browser = await smoke.browser_session(server.url, settings.DEMO_USER, password)
+            try:
+                # Warm up: first requests pay for imports and connections.
+                for _ in range(2):
+                    await smoke.stream_direct(http, fake.url)
+                    await smoke.stream_reply(http, target, await smoke.create_thread(http, target))
+                for c in levels:
+                    n = c * options["rounds"]
+                    key = f"{backend} c={c}"
+                    direct = await smoke.run_concurrently(
+                        n,
+                        c,
+                        lambda i: smoke.stream_direct(http, fake.url),
+                        smoke.Progress(self, f"{key} direct", n, verbosity),
+                    )
+                    threads = [await smoke.create_thread(http, target) for _ in range(c)]
+                    writes0 = await _pg_writes(pg_url)
+                    cpu0, rss0 = smoke.cpu_seconds(server.pid), smoke.rss_bytes(server.pid)
+                    peak = [rss0]
+                    sampler = asyncio.create_task(_sample_rss(server.pid, peak))
+                    sse = await smoke.run_concurrently(
+                        n,
+                        c,
+                        lambda i, t=threads, c=c: smoke.stream_reply(http, target, t[i % c]),
+                        smoke.Progress(self, f"{key} sse", n, verbosity),
+                    )
+                    sampler.cancel()
+                    cpu = smoke.cpu_seconds(server.pid) - cpu0
+                    writes = None
+                    if pg_url:
+                        await asyncio.sleep(2.0)  # backends report table stats about once a second
+                        writes = (await _pg_writes(pg_url) or 0) - (writes0 or 0)
+                    ws: list[smoke.StreamResult] = []
+                    if browser is not None:
+                        pages = [await smoke.new_page_thread(browser, server.url) for _ in range(c)]
+                        model = ":".join(smoke.FAKE_MODEL)
+                        ws = await smoke.run_concurrently(
+                            n,
+                            c,
+                            lambda i, b=browser, p=pages, c=c, m=model: smoke.stream_over_websocket(
+                                b, server.url, p[i % c], m
+                            ),
+                            smoke.Progress(self, f"{key} websocket", n, verbosity),
+                        )
+                    self._record(report, key, c, direct, sse, ws, cpu, peak[0] - rss0, writes)
+            finally:
+                if browser is not None:
+                    await browser.aclose()
+        self._check(report, backend, levels, options)
+
+    def _record(
+        self,
+        report: smoke.Report,
+        key: str,
+        c: int,
+        direct: list[smoke.StreamResult],
+        sse: list[smoke.StreamResult],
+        ws: list[smoke.StreamResult],
+        cpu_s: float,
+        rss_delta: int,
+        writes: int | None,
+    ) -> None:
+        def stat(results: list[smoke.StreamResult], attr: str) -> dict[str, float | None]:
+            return smoke.summarize([getattr(r, attr) for r in results if getattr(r, attr)])
+
+        paths = {"direct": direct, "sse": sse} | ({"websocket": ws} if ws else {})
+        for path, results in paths.items():
+            report.metrics[f"{key} {path} ttft"] = stat(results, "ttft_ms")
+            report.metrics[f"{key} {path} latency"] = stat(results, "latency_ms")
+        d_ttft, d_lat = (
+            report.metrics[f"{key} direct ttft"],
+            report.metrics[f"{key} direct latency"],
+        )
+        added: dict[str, Any] = {}
+        for path in ("sse", "websocket") if ws else ("sse",):
+            ttft, lat = (
+                report.metrics[f"{key} {path} ttft"],
+                report.metrics[f"{key} {path} latency"],
+            )
+            for p in ("p50", "p95"):
+                added[f"{path} ttft {p}"] = _minus(ttft[p], d_ttft[p])
+                added[f"{path} latency {p}"] = _minus(lat[p], d_lat[p])
+        ok_replies = sum(r.ok for r in sse)
+        chunks_per_reply = sum(len(r.events) for r in direct if r.ok) / max(
+            1, sum(r.ok for r in direct)
+        )
+        report.info[key] = {
+            "added_ms": added,
+            "errors": {p: sum(not r.ok for r in rs) for p, rs in paths.items()},
+            "error_samples": smoke.first_errors([*direct, *sse, *ws]),
+            "upstream_chunks_per_reply": round(chunks_per_reply, 1),
+            "cpu_ms_per_chunk": round(cpu_s * 1000 / max(1, ok_replies * chunks_per_reply), 4),
+            "cpu_ms_per_reply": round(cpu_s * 1000 / max(1, ok_replies), 2),
+            "rss_kib_per_stream": round(rss_delta / 1024 / c, 1),
+            "db_rows_written_per_reply": None
+            if writes is None
+            else round(writes / max(1, ok_replies), 2),
+        }
+
+    def _check(
+        self, report: smoke.Report, backend: str, levels: list[int], options: dict[str, Any]
+    ) -> None:
+        for c in levels:
+            info = report.info[f"{backend} c={c}"]
+            added = info["added_ms"]
+            if c == 25:
+                report.checks.append(
+                    smoke.Check(
+                        f"{backend} added TTFT P95 @25 (sse)",
+                        added["sse ttft p95"],
+                        options["target_ttft_25_ms"],
+                    )
+                )
+            if c == 50:
+                report.checks += [
+                    smoke.Check(
+                        f"{backend} added TTFT P95 @50 (sse)",
+                        added["sse ttft p95"],
+                        options["target_ttft_50_ms"],
+                    ),
+                    smoke.Check(
+                        f"{backend} added latency P95 @50 (sse)",
+                        added["sse latency p95"],
+                        options["target_latency_50_ms"],
+                    ),
+                ]
+            report.checks.append(
+                smoke.Check(f"{backend} errors @{c}", float(sum(info["errors"].values())), 0.0, "")
+            )
+            report.checks.append(
+                smoke.Check(
+                    f"{backend} CPU per chunk @{c}",
+                    info["cpu_ms_per_chunk"],
+                    options["target_cpu_per_chunk_ms"],
+                )
+            )
+            if info["db_rows_written_per_reply"] is not None:
+                report.checks.append(
+                    smoke.Check(
+                        f"{backend} DB rows written per reply @{c}",
+                        info["db_rows_written_per_reply"],
+                        options["target_writes_per_reply"],
+                        "",
+                    )
+                )
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 1)
+
+
+async def _sample_rss(pid: int, peak: list[int]) -> None:
+    while True:
+        with contextlib.suppress(OSError):
+            peak[0] = max(peak[0], smoke.rss_bytes(pid))
+        await asyncio.sleep(0.05)
+
+
+async def _pg_writes(url: str | None) -> int | None:
+    if url is None:
+        return None
+    import psycopg
+
+    conn = await psycopg.AsyncConnection.connect(url.replace("postgres://", "postgresql://"))
+    async with conn:
+        row = await (await conn.execute(PG_WRITES)).fetchone()
+    return int(row[0]) if row else 0
