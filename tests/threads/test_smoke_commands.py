@@ -1,0 +1,153 @@
+"""The smoke and benchmark commands, in short versions, against a real daphne process.
+
+No timing assertions: targets are either out of reach on purpose (to see FAIL) or generous.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from threads import smoke
+
+GENEROUS = "600000"
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with smoke.FakeProvider() as server:
+        server.script()
+        yield server
+
+
+@pytest.fixture(scope="module")
+def app(fake):
+    env = fake.app_env() | {"DEMO_TTFT_MS": "20", "DEMO_TOKENS_PER_S": "500"}
+    with smoke.AppServer(env) as server:
+        yield server
+
+
+@pytest.fixture
+def healthy_fake(fake):
+    yield fake
+    fake.script()
+
+
+def run(name, app, *args):
+    out = StringIO()
+    call_command(name, "--url", app.url, "--api-key", app.api_key, *args, stdout=out)
+    return out.getvalue()
+
+
+def test_smoke_ttft_prints_a_table_on_the_demo_provider(app):
+    out = run("smoke_ttft", app, "-n", "2", "--target-ttft-ms", GENEROUS)
+    assert "smoke_ttft demo:demo-chat n=2" in out
+    assert "P50" in out and "P95" in out and "P99" in out
+    assert "PASS  TTFT P95" in out
+
+
+def test_smoke_ttft_reports_json_on_the_fake_provider(app):
+    out = run(
+        "smoke_ttft",
+        app,
+        *("-n", "2", "--provider", "openai", "--model", "gpt-4o-mini", "--json"),
+        *("--target-ttft-ms", GENEROUS),
+    )
+    report = json.loads(out)
+    assert report["passed"] is True
+    assert report["metrics"]["ttft_ms"]["n"] == 2
+    assert {c["name"] for c in report["checks"]} == {"TTFT P95", "errors"}
+
+
+def test_smoke_load_streams_concurrently(app):
+    out = run(
+        "smoke_load",
+        app,
+        *("-n", "4", "-c", "2", "--provider", "openai", "--model", "gpt-4o-mini", "--json"),
+        *("--target-latency-p50-ms", GENEROUS, "--target-latency-p95-ms", GENEROUS),
+        *("--target-ttft-ms", GENEROUS),
+    )
+    report = json.loads(out)
+    assert report["passed"] is True
+    assert report["metrics"]["latency_ms"]["n"] == 4
+    assert report["info"]["error_rate_pct"] == 0
+
+
+def test_smoke_cancel_cancels_and_checks_the_saved_reply(app):
+    out = run(
+        "smoke_cancel",
+        app,
+        *("-n", "2", "--provider", "openai", "--model", "gpt-4o-mini", "--json"),
+        *("--max-delay-ms", "100", "--target-cancel-ms", GENEROUS, "--seed", "1"),
+    )
+    report = json.loads(out)
+    assert report["passed"] is True
+    assert report["metrics"]["cancel_to_done_ms"]["n"] == 2
+
+
+def test_it_fails_on_an_impossible_target(app):
+    out = StringIO()
+    with pytest.raises(CommandError, match="FAIL"):
+        call_command(
+            "smoke_ttft",
+            *("--url", app.url, "--api-key", app.api_key, "-n", "1", "--target-ttft-ms", "0"),
+            stdout=out,
+        )
+    assert "FAIL  TTFT P95" in out.getvalue()
+
+
+def test_it_fails_when_the_provider_fails(app, healthy_fake):
+    healthy_fake.script({"status": 400})
+    out = StringIO()
+    with pytest.raises(CommandError, match="FAIL"):
+        call_command(
+            "smoke_ttft",
+            *("--url", app.url, "--api-key", app.api_key, "-n", "1", "--json"),
+            *("--provider", "openai", "--model", "gpt-4o-mini"),
+            stdout=out,
+        )
+    report = json.loads(out.getvalue())
+    assert report["passed"] is False
+    assert report["info"]["error_rate_pct"] == 100
+
+
+def test_it_exits_non_zero_on_fail(app):
+    result = subprocess.run(
+        [sys.executable, "manage.py", "smoke_ttft", "--url", app.url, "--api-key", app.api_key]
+        + ["-n", "1", "--target-ttft-ms", "0"],
+        cwd=smoke.BASE_DIR,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert "FAIL" in result.stdout
+
+
+def test_smoke_coldstart_starts_a_fresh_server():
+    out = StringIO()
+    call_command("smoke_coldstart", "--json", "--target-ms", GENEROUS, stdout=out)
+    report = json.loads(out.getvalue())
+    assert report["passed"] is True
+    assert report["metrics"]["process_to_first_token_ms"]["n"] == 1
+
+
+def test_bench_overhead_measures_every_path():
+    out = StringIO()
+    call_command(
+        "bench_overhead",
+        *("--levels", "1", "--rounds", "1", "--json"),
+        *("--target-ttft-25-ms", GENEROUS, "--target-cpu-per-chunk-ms", GENEROUS),
+        stdout=out,
+    )
+    report = json.loads(out.getvalue())
+    info = report["info"]["embedded c=1"]
+    assert info["errors"] == {"direct": 0, "sse": 0, "websocket": 0}
+    assert info["upstream_chunks_per_reply"] > 50
+    assert set(info["added_ms"]) >= {"sse ttft p95", "websocket latency p95"}
+    assert report["passed"] is True
