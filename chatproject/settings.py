@@ -234,6 +234,12 @@ DEMO_PASSWORD = env_str("DEMO_PASSWORD", "")
 STREAM_FRAME_INTERVAL_MS = env_int("STREAM_FRAME_INTERVAL_MS", 40)
 # The partial reply is saved at most this often while streaming (never per token).
 STREAM_SAVE_INTERVAL_S = env_float("STREAM_SAVE_INTERVAL_S", 1.0)
+# A streaming reply bumps its heartbeat every 10 s; one silent this long lost its process.
+STREAM_STALE_AFTER_S = env_float("STREAM_STALE_AFTER_S", 60.0)
+CELERY_BEAT_SCHEDULE["reap-stale-replies"] = {
+    "task": "threads.tasks.reap_stale_replies",
+    "schedule": 30.0,
+}
 
 # --- Providers --------------------------------------------------------------------------
 LLM_CONNECT_TIMEOUT_S = env_float("LLM_CONNECT_TIMEOUT_S", 5.0)

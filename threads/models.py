@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -17,10 +18,28 @@ class Organization(models.Model):
     system_prompt = models.TextField(
         blank=True, help_text="Sent before every conversation; empty uses the site default."
     )
+    fallback_models = models.TextField(
+        blank=True,
+        help_text=(
+            "One provider:model per line, tried in order when the requested model fails "
+            "before its first token. Empty uses each model's fallbacks from the catalog."
+        ),
+    )
+    continue_partial = models.BooleanField(
+        default=False,
+        help_text=(
+            "When a reply fails mid-way, let the fallback model continue the partial answer "
+            "instead of marking the reply failed."
+        ),
+    )
     created = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:
         return self.slug
+
+    def fallback_list(self) -> list[str] | None:
+        lines = [line.strip() for line in self.fallback_models.splitlines() if line.strip()]
+        return lines or None
 
 
 class Membership(models.Model):
@@ -119,6 +138,27 @@ class Thread(models.Model):
         return f"thread.{self.code}"
 
 
+class MessageQuerySet(models.QuerySet["Message"]):
+    def stale(self, after_s: float) -> MessageQuerySet:
+        """Active replies that no process has touched for `after_s` seconds."""
+        cutoff = timezone.now() - timedelta(seconds=after_s)
+        return self.filter(
+            models.Q(heartbeat__lt=cutoff) | models.Q(heartbeat__isnull=True, created__lt=cutoff),
+            status__in=Message.ACTIVE,
+        )
+
+    def reap_stale(self, after_s: float) -> int:
+        """End replies whose process died mid-stream as `interrupted`, keeping their text."""
+        now = timezone.now()
+        return self.stale(after_s).update(
+            status=Message.Status.INTERRUPTED,
+            finish_reason="error",
+            error="The server stopped while writing this reply; retry it.",
+            finished=now,
+            updated=now,
+        )
+
+
 class Message(models.Model):
     class Role(models.TextChoices):
         USER = "user"
@@ -137,6 +177,8 @@ class Message(models.Model):
 
     code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     thread = models.ForeignKey(Thread, models.CASCADE, related_name="messages")
+
+    objects = MessageQuerySet.as_manager()
     role = models.CharField(max_length=10, choices=Role.choices)
     content = models.TextField(blank=True)
     reasoning = models.TextField(blank=True)

@@ -19,14 +19,13 @@ import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 from django.core.cache import cache
-from django.db.models import F, Q
 from django.utils import timezone
 
 from providers import catalog, policy
@@ -56,7 +55,6 @@ SNAPSHOT_TIMEOUT_S = 2.0
 IDLE_PROBE_S = 30.0
 CANCEL_WAIT_S = 3.0
 EVENTS_CACHE_S = 15 * 60
-STALE_AFTER_S = 60.0
 
 
 def _layer() -> BaseChannelLayer:
@@ -181,6 +179,8 @@ class Generation:
         self.answering: policy.Answering | None = None
         self.attempts: list[policy.Attempt] = []
         self.chain: list[str] = []
+        self.warnings: list[str] = []
+        self.continued_by = ""
         self.cancelled = False
         self.frame_interval = settings.STREAM_FRAME_INTERVAL_MS / 1000
         self.save_interval = settings.STREAM_SAVE_INTERVAL_S
@@ -238,9 +238,14 @@ class Generation:
     async def _stream(self) -> tuple[str, str]:
         """Run the provider policy; return (final status, error text)."""
         request = self.request = await _abuild_request(self.message)
-        chain = [policy.Target(self.message.requested_provider, self.message.requested_model)]
+        org = self.message.thread.org
+        chain = await policy.default_chain(
+            self.message.requested_provider, self.message.requested_model, org.fallback_list()
+        )
         try:
-            async for event in policy.run_chain(request, chain, self.attempts):
+            async for event in policy.run_chain(
+                request, chain, self.attempts, continue_partial=org.continue_partial
+            ):
                 self._on_event(event)
         except asyncio.CancelledError:
             if not self.cancelled:
@@ -272,6 +277,10 @@ class Generation:
         elif isinstance(event, policy.Answering):
             self.answering = event
             self.chain.append(f"{event.provider}:{event.model}")
+            if event.warning:
+                self.warnings.append(event.warning)
+            if event.continued:
+                self.continued_by = event.display_name or event.model
         elif isinstance(event, policy.Status):
             data = {k: v for k, v in vars_of(event).items() if v is not None}
             self._emit("status", data)
@@ -419,7 +428,9 @@ class Generation:
         await message.asave()
         await Thread.objects.filter(pk=message.thread_id).aupdate(updated=now)
         await _record_telemetry(message, self.attempts, self._timings(message.latency_ms))
-        self._emit("done", done_payload(message))
+        done = done_payload(message)
+        done.update(warnings=self.warnings, continued_by=self.continued_by or None)
+        self._emit("done", done)
         await cache.aset(_events_cache_key(self.code), self.events, EVENTS_CACHE_S)
 
     def _timings(self, total_ms: int) -> ReplyTimings:
@@ -469,8 +480,6 @@ def vars_of(obj: object) -> dict[str, Any]:
 
 
 async def _abuild_request(message: Message) -> ChatRequest:
-    from asgiref.sync import sync_to_async
-
     return await sync_to_async(build_request)(message)
 
 
@@ -584,17 +593,7 @@ async def follow(message: Message, after_seq: int = 0) -> AsyncIterator[dict[str
 
 async def _settle_orphan(pk: int) -> Message:
     """End a reply that no generation answers for and that shows no sign of life."""
-    stale = timezone.now() - timedelta(seconds=STALE_AFTER_S)
-    await Message.objects.filter(
-        Q(heartbeat__lt=stale) | Q(heartbeat__isnull=True, created__lt=stale),
-        pk=pk,
-        status__in=Message.ACTIVE,
-    ).aupdate(
-        status=Message.Status.INTERRUPTED,
-        finish_reason="error",
-        error="The server stopped while writing this reply.",
-        finished=timezone.now(),
-    )
+    await sync_to_async(Message.objects.filter(pk=pk).reap_stale)(settings.STREAM_STALE_AFTER_S)
     return await Message.objects.select_related("reply_to").aget(pk=pk)
 
 
@@ -628,15 +627,11 @@ async def cancel(message: Message) -> str:
     finally:
         await layer.group_discard(group, channel)
     # No generation answered. If none has shown a sign of life lately, end it here.
-    stale = timezone.now() - timedelta(seconds=STALE_AFTER_S)
-    await Message.objects.filter(
-        Q(heartbeat__lt=stale) | Q(heartbeat__isnull=True, created__lt=stale),
-        pk=message.pk,
-        status__in=Message.ACTIVE,
-    ).aupdate(
-        status=Message.Status.CANCELLED,
-        finish_reason="cancelled",
-        finished=timezone.now(),
-        updated=F("updated"),
+    await (
+        Message.objects.filter(pk=message.pk)
+        .stale(settings.STREAM_STALE_AFTER_S)
+        .aupdate(
+            status=Message.Status.CANCELLED, finish_reason="cancelled", finished=timezone.now()
+        )
     )
     return (await Message.objects.aget(pk=message.pk)).status

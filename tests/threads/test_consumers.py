@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from asgiref.sync import sync_to_async
 from channels.routing import URLRouter
@@ -11,6 +13,7 @@ from providers.demo import demo_reply
 from tests.factories import make_org, make_thread, make_user
 from threads import replies
 from threads.models import Message, add_exchange
+from threads.rendering import render_markdown
 from threads.routing import websocket_urlpatterns
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -47,14 +50,21 @@ def final(reply: Message, status: str = "complete") -> str:
     return f'id="msg-{reply.code}" class="msg msg-assistant" data-status="{status}"'
 
 
-async def receive_until(communicator, needle: str, limit: int = 500) -> list[str]:
-    frames = []
-    for _ in range(limit):
-        frame = await communicator.receive_from(timeout=5)
-        frames.append(frame)
-        if needle in frame:
-            return frames
-    raise AssertionError(f"{needle!r} never came")
+async def receive_until(communicator, needle: str, within_s: float = 15) -> list[str]:
+    """Frames up to the first that contains `needle`; fails after `within_s` seconds."""
+    frames: list[str] = []
+
+    async def collect() -> list[str]:
+        while True:
+            frame = await communicator.receive_from(timeout=within_s)
+            frames.append(frame)
+            if needle in frame:
+                return frames
+
+    try:
+        return await asyncio.wait_for(collect(), within_s)
+    except TimeoutError:
+        raise AssertionError(f"{needle!r} never came; got {len(frames)} frames") from None
 
 
 async def test_it_rejects_anonymous(acme):
@@ -101,7 +111,8 @@ async def test_it_streams_tokens_as_out_of_band_fragments(acme):
     deltas = [f for f in frames if f'id="body-{reply.code}" hx-swap-oob="beforeend"' in f]
     assert deltas, frames
     saved = await Message.objects.aget(pk=reply.pk)
-    assert escape(saved.content) in frames[-1]
+    # The final frame swaps in the whole reply as sanitised Markdown.
+    assert render_markdown(saved.content) in frames[-1]
     assert 'hx-swap-oob="outerHTML"' in frames[-1]
     await communicator.disconnect()
 
