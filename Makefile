@@ -24,7 +24,7 @@ fi; \
 exit 1
 endef
 
-.PHONY: help venv run migrate test test-embedded test-services lint format check-deploy run-fake
+.PHONY: help venv run run-scaled migrate test test-embedded test-services lint format check-deploy run-fake
 
 help:
 	@echo "make run    - set up and start the app on http://$(HOST):$(PORT) (SQLite, demo provider)"
@@ -54,6 +54,17 @@ run: migrate
 	@echo "  API key:    $(PY) manage.py create_api_key --org demo-org   (docs at /api/docs)"
 	@echo ""
 	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatproject.asgi:application
+
+# Two daphne instances + a Celery worker and beat on PostgreSQL and Redis (see README).
+run-scaled: export DATABASE_URL ?= $(TEST_DATABASE_URL)
+run-scaled: export REDIS_URL ?= $(TEST_REDIS_URL)
+run-scaled: export PROMETHEUS_MULTIPROC_DIR ?= $(CURDIR)/var/prometheus
+run-scaled: migrate
+	@mkdir -p var && rm -rf var/prometheus
+	@$(PY) manage.py bootstrap_demo
+	@$(PY) manage.py collectstatic --no-input -v 0
+	@echo "  Instances: http://127.0.0.1:8001/ and http://127.0.0.1:8002/ (DATABASE_URL=$$DATABASE_URL)"
+	$(VENV)/bin/honcho start
 
 lint: venv
 	$(VENV)/bin/ruff check .
