@@ -217,8 +217,9 @@ class Generation:
                     "model": message.requested_model,
                 },
             )
-            # A cancel that arrived before we listened is in the durable flag.
-            if await Message.objects.filter(pk=self.message_pk, cancel_requested=True).aexists():
+            # A cancel that arrived before we listened is in the durable flag (the row was
+            # read after we joined the group, so no cancel can fall between the two).
+            if message.cancel_requested:
                 self.cancelled = True
                 status, error = Message.Status.CANCELLED, ""
             else:
