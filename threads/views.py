@@ -8,7 +8,8 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import AbstractBaseUser
-from django.http import HttpRequest, HttpResponse
+from django.db.models import Q
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -19,7 +20,7 @@ from providers import catalog
 from providers.registry import get_provider
 from telemetry.budgets import budget_status
 
-from . import replies
+from . import exports, replies, tasks
 from .models import Message, Organization, Thread, add_exchange
 from .tenancy import (
     SESSION_ORG_KEY,
@@ -50,7 +51,14 @@ def _picker(thread: Thread | None) -> dict[str, Any]:
                 "models": [],
             },
         )
-        group["models"].append(info)
+        group["models"].append(
+            {
+                "id": info.id,
+                "display_name": info.display_name,
+                "tier": info.tier,
+                "price": _price_label(info),
+            }
+        )
     selected_provider = (thread and thread.provider) or settings.DEFAULT_PROVIDER
     selected_model = (thread and thread.model) or settings.DEFAULT_MODEL
     return {
@@ -59,9 +67,31 @@ def _picker(thread: Thread | None) -> dict[str, Any]:
     }
 
 
-def _page_context(request: HttpRequest, org: Organization, thread: Thread | None) -> dict[str, Any]:
-    threads = Thread.objects.for_org(org).filter(archived=False).order_by("-updated")[:100]
+def _price_label(info: catalog.ModelInfo) -> str:
+    if not info.priced:
+        return "unpriced"
+    if info.free:
+        return "free"
+    return (
+        f"${info.input_per_mtok.normalize():f}/${info.output_per_mtok.normalize():f} per M tokens"
+    )
+
+
+def _thread_list(org: Organization, q: str = "") -> list[Thread]:
+    threads = Thread.objects.for_org(org).filter(archived=False)
+    if q:
+        # Title or any message's text; distinct because one thread has many messages.
+        threads = threads.filter(Q(title__icontains=q) | Q(messages__content__icontains=q))
+        threads = threads.distinct()
+    return list(threads.order_by("-updated")[:100])
+
+
+def _page_context(
+    request: HttpRequest, org: Organization, thread: Thread | None, q: str = ""
+) -> dict[str, Any]:
+    threads = _thread_list(org, q)
     return {
+        "q": q,
         "org": org,
         "orgs": orgs_for_user(request.user),
         "threads": threads,
@@ -134,6 +164,7 @@ def _save_send(request: HtmxHttpRequest, code: uuid.UUID) -> _Send:
     errors = check_send(content, provider, model, org=thread.org)
     if errors:
         return _Send(thread, errors)
+    first = not thread.messages.exists()
     user_message, reply, created = add_exchange(
         thread,
         content=content,
@@ -142,6 +173,8 @@ def _save_send(request: HtmxHttpRequest, code: uuid.UUID) -> _Send:
         author=request.user,
         client_id=client_id,
     )
+    if created and first:
+        tasks.title_thread.delay_on_commit(thread.pk)
     return _Send(thread, [], user_message, reply, created)
 
 
@@ -181,3 +214,89 @@ async def cancel(request: HtmxHttpRequest, code: uuid.UUID) -> HttpResponse:
         return redirect("threads:detail", code=message.thread.code)
     # The socket shows the stopped reply; this answer only confirms.
     return HttpResponse(status=204)
+
+
+@require_GET
+@login_required
+def search(request: HtmxHttpRequest) -> HttpResponse:
+    org = current_org(request)
+    q = request.GET.get("q", "").strip()[:200]
+    context = _page_context(request, org, None, q)
+    template = "threads/thread_detail.html"
+    if request.htmx:
+        template += "#thread-list"
+    response = render(request, template, context)
+    response["Vary"] = "HX-Request"
+    return response
+
+
+@require_POST
+@login_required
+def rename(request: HtmxHttpRequest, code: uuid.UUID) -> HttpResponse:
+    thread = get_thread_for_user(request, code)
+    title = " ".join(request.POST.get("title", "").split())[:200]
+    if title:
+        thread.title = title
+        thread.save(update_fields=["title"])
+    return redirect("threads:detail", code=thread.code)
+
+
+@require_POST
+@login_required
+def archive(request: HtmxHttpRequest, code: uuid.UUID) -> HttpResponse:
+    thread = get_thread_for_user(request, code)
+    thread.archived = True
+    thread.save(update_fields=["archived"])
+    return redirect("threads:index")
+
+
+@require_POST
+@login_required
+def delete(request: HtmxHttpRequest, code: uuid.UUID) -> HttpResponse:
+    thread = get_thread_for_user(request, code)
+    thread.delete()
+    return redirect("threads:index")
+
+
+@require_GET
+@login_required
+def export(request: HtmxHttpRequest, code: uuid.UUID, fmt: str) -> HttpResponse:
+    thread = get_thread_for_user(request, code)
+    filename = exports.filename(thread, fmt)
+    if fmt == "json":
+        response: HttpResponse = JsonResponse(
+            exports.as_dict(thread), json_dumps_params={"indent": 2, "ensure_ascii": False}
+        )
+    elif fmt == "md":
+        response = HttpResponse(exports.as_markdown(thread), content_type="text/markdown")
+    else:
+        raise Http404
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def _save_regenerate(request: HtmxHttpRequest, code: uuid.UUID) -> _Send:
+    """Ask a reply's question again: a new turn with the same text and the thread's model."""
+    message = get_message_for_user(request, code)
+    thread = message.thread
+    question = message.reply_to
+    if message.role != Message.Role.ASSISTANT or question is None or message.is_active:
+        raise Http404
+    provider = thread.provider or message.requested_provider
+    model = thread.model or message.requested_model
+    errors = check_send(question.content, provider, model, org=thread.org)
+    if errors:
+        return _Send(thread, errors)
+    user_message, reply, created = add_exchange(
+        thread, content=question.content, provider=provider, model=model, author=request.user
+    )
+    return _Send(thread, [], user_message, reply, created)
+
+
+@require_POST
+@login_required
+async def regenerate(request: HtmxHttpRequest, code: uuid.UUID) -> HttpResponse:
+    sent = await sync_to_async(_save_regenerate)(request, code)
+    if sent.created and sent.reply is not None:
+        replies.start(sent.reply)
+    return await sync_to_async(_send_response)(request, sent)

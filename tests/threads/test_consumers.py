@@ -6,7 +6,6 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
-from django.utils.html import escape
 
 from chatproject.asgi import application
 from providers.demo import demo_reply
@@ -140,7 +139,7 @@ async def test_a_second_connection_mid_stream_sees_the_text_so_far(acme, slow_de
     assert "You said" in snapshot  # the text streamed before this socket connected
     frames = await receive_until(second, final(reply))
     saved = await Message.objects.aget(pk=reply.pk)
-    assert escape(saved.content) in frames[-1]
+    assert render_markdown(saved.content) in frames[-1]
     await first.disconnect()
     await second.disconnect()
 
@@ -159,7 +158,7 @@ async def test_cancel_keeps_the_partial_text(acme, slow_demo):
     assert len(saved.content) < len(full)
     frames = await receive_until(communicator, final(reply, "cancelled"))
     assert "Stopped." in frames[-1]
-    assert escape(saved.content) in frames[-1]
+    assert render_markdown(saved.content) in frames[-1]
     await communicator.disconnect()
 
 
