@@ -106,14 +106,19 @@ class Report:
     def table(self) -> str:
         lines = [self.title, ""]
         if self.metrics:
-            head = f"{'metric':<28}{'n':>6}{'P50':>10}{'P95':>10}{'P99':>10}{'max':>10}"
+            w = max(28, *(len(name) + 2 for name in self.metrics))
+            head = f"{'metric':<{w}}{'n':>6}{'P50':>10}{'P95':>10}{'P99':>10}{'max':>10}"
             lines += [head, "-" * len(head)]
             for name, s in self.metrics.items():
                 cells = "".join(f"{_fmt(s.get(k)):>10}" for k in ("p50", "p95", "p99", "max"))
-                lines.append(f"{name:<28}{s.get('n') or 0:>6}{cells}")
+                lines.append(f"{name:<{w}}{s.get('n') or 0:>6}{cells}")
             lines.append("")
         for key, value in self.info.items():
-            lines.append(f"{key}: {value}")
+            if isinstance(value, dict):
+                lines.append(f"{key}:")
+                lines += [f"  {k}: {_fmt(v)}" for k, v in value.items()]
+            else:
+                lines.append(f"{key}: {value}")
         if self.info:
             lines.append("")
         for c in self.checks:
