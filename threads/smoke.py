@@ -219,7 +219,8 @@ class SmokeCommand(BaseCommand):
                 key = options["api_key"] or local_api_key(url)
             provider = options["provider"] or (FAKE_MODEL[0] if fake else "demo")
             model = options["model"] or (FAKE_MODEL[1] if fake else "demo-chat")
-            yield Target(url, key, provider, model)
+            log = str(server.log_path) if options["spawn"] else ""
+            yield Target(url, key, provider, model, log)
 
 
 @dataclass
@@ -228,6 +229,7 @@ class Target:
     api_key: str
     provider: str
     model: str
+    log: str = ""  # the spawned server's log file
 
     @property
     def headers(self) -> dict[str, str]:
@@ -351,7 +353,8 @@ class AppServer:
             self.env["SQLITE_PATH"] = str(Path(self.tmp) / "db.sqlite3")
         self.start_on_enter = start
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = Path(self.tmp) / "daphne.log"
+        # Outside the temp dir, so it outlives the run for a post-mortem of any error.
+        self.log_path = Path(tempfile.gettempdir()) / f"smoke-daphne-{self.port}.log"
         self.api_key = ""
 
     def prepare(self) -> None:

@@ -53,6 +53,8 @@ class Command(smoke.SmokeCommand):
         report.info["finished_before_cancel"] = sum(r.status == "complete" for r in results)
         if errors := smoke.first_errors(results):
             report.info["errors"] = errors
+            if target.log:
+                report.info["server_log"] = target.log
         report.checks += [
             smoke.Check(
                 "cancel -> done P95",

@@ -55,6 +55,8 @@ class Command(smoke.SmokeCommand):
         report.info["replies_per_s"] = round(n / elapsed, 1)
         if errors := smoke.first_errors(results):
             report.info["errors"] = errors
+            if target.log:
+                report.info["server_log"] = target.log
         latency, ttft = report.metrics["latency_ms"], report.metrics["ttft_ms"]
         report.checks += [
             smoke.Check("latency P50", latency["p50"], options["target_latency_p50_ms"]),

@@ -41,6 +41,8 @@ class Command(smoke.SmokeCommand):
         report.info["error_rate_pct"] = round(smoke.error_rate(results), 2)
         if errors := smoke.first_errors(results):
             report.info["errors"] = errors
+            if target.log:
+                report.info["server_log"] = target.log
         report.checks.append(
             smoke.Check("TTFT P95", report.metrics["ttft_ms"]["p95"], options["target_ttft_ms"])
         )
