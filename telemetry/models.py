@@ -5,7 +5,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import models
-from django.db.models import Q, Sum
+from django.db.models import Count, Min, Q, Sum
 from django.utils import timezone
 
 from threads.models import Message, Organization, Thread
@@ -164,12 +164,12 @@ class ProbeQuerySet(models.QuerySet["Probe"]):
         A probe is expected every minute from the first one in the range: a minute with no
         probe (the beat or the whole site was down) counts as down.
         """
-        rows = self.filter(checked__gte=start, checked__lt=end)
-        first = rows.order_by("checked").values_list("checked", flat=True).first()
+        figures = self.filter(checked__gte=start, checked__lt=end).aggregate(
+            first=Min("checked"), good=Count("pk", filter=Q(ok=True)), recorded=Count("pk")
+        )
+        first, good, recorded = figures["first"], figures["good"], figures["recorded"]
         if first is None:
             return None, 0, 0
-        good = rows.filter(ok=True).count()
-        recorded = rows.count()
         expected = max(recorded, int((min(end, timezone.now()) - first).total_seconds() // 60) + 1)
         return good / expected, good, expected
 
