@@ -84,7 +84,9 @@ def start(message: Message) -> asyncio.Task[None]:
 async def wait_all() -> None:
     """Wait for every generation running in this event loop (tests, graceful shutdown)."""
     loop = asyncio.get_running_loop()
-    while mine := [task for task in _running if task.get_loop() is loop]:
+    # Skip finished tasks: awaiting an already-finished gather never yields to the loop, so
+    # their done-callbacks (which drop them from _running) would never run.
+    while mine := [t for t in _running if t.get_loop() is loop and not t.done()]:
         await asyncio.gather(*mine, return_exceptions=True)
 
 
