@@ -40,6 +40,7 @@ from providers.base import (
     Usage,
 )
 from providers.tokens import estimate_prompt_tokens, estimate_tokens
+from telemetry import metrics
 from telemetry.recorder import ReplyTimings, arecord_attempts
 
 from .events import REPLY_EVENT, reply_group, request_snapshot, send_cancel, thread_group
@@ -182,6 +183,7 @@ class Generation:
         self.attempts: list[policy.Attempt] = []
         self.chain: list[str] = []
         self.warnings: list[str] = []
+        self.queued = False
         self.continued_by = ""
         self.cancelled = False
         self.frame_interval = settings.STREAM_FRAME_INTERVAL_MS / 1000
@@ -209,6 +211,8 @@ class Generation:
         sender = asyncio.create_task(self._send_loop())
         control = asyncio.create_task(self._control_loop(control_channel))
         ticker = asyncio.create_task(self._heartbeat_loop())
+        tracking = metrics.track_stream()
+        tracking.__enter__()
         try:
             self._emit(
                 "start",
@@ -232,6 +236,8 @@ class Generation:
             log.exception("reply %s crashed", self.message_pk)
             await self._fail_safely()
         finally:
+            tracking.__exit__(None, None, None)
+            self._leave_queue()
             ticker.cancel()
             control.cancel()
             self.outbox.put_nowait(None)
@@ -278,6 +284,7 @@ class Generation:
         elif isinstance(event, Finish):
             self.finish_reason = event.reason.value
         elif isinstance(event, policy.Answering):
+            self._leave_queue()
             self.answering = event
             self.chain.append(f"{event.provider}:{event.model}")
             if event.warning:
@@ -285,6 +292,9 @@ class Generation:
             if event.continued:
                 self.continued_by = event.display_name or event.model
         elif isinstance(event, policy.Status):
+            if event.state == "queued" and not self.queued:
+                self.queued = True
+                metrics.queue_depth.inc()
             data = {k: v for k, v in vars_of(event).items() if v is not None}
             self._emit("status", data)
             self._save_soon(status=Message.Status.WAITING)
@@ -435,6 +445,11 @@ class Generation:
         done.update(warnings=self.warnings, continued_by=self.continued_by or None)
         self._emit("done", done)
         await cache.aset(_events_cache_key(self.code), self.events, EVENTS_CACHE_S)
+
+    def _leave_queue(self) -> None:
+        if self.queued:
+            self.queued = False
+            metrics.queue_depth.dec()
 
     def _timings(self, total_ms: int) -> ReplyTimings:
         answering = next((a for a in reversed(self.attempts) if a.outcome == "ok"), None)
