@@ -411,6 +411,10 @@ class AppServer:
         if self.proc is not None:
             _stop(self.proc)
         shutil.rmtree(self.tmp, ignore_errors=True)
+        # Keep the log only when it has something to show.
+        with contextlib.suppress(OSError):
+            if "Traceback" not in self.log_path.read_text(errors="replace"):
+                self.log_path.unlink()
 
     @property
     def pid(self) -> int:
