@@ -339,8 +339,8 @@ print(ApiKey.issue(Organization.objects.get(slug="demo-org"), "smoke")[1])
 
 
 class AppServer:
-    """The app under daphne on a free port, on a temp SQLite database unless `env` names a
-    DATABASE_URL. `start=False` prepares the database and key without starting (cold start)."""
+    """The app under daphne on a free port, on the embedded defaults (temp SQLite, in-memory
+    layer) unless `env` names DATABASE_URL / REDIS_URL. `start=False` prepares the database and key without starting (cold start)."""
 
     def __init__(self, env: dict[str, str] | None = None, start: bool = True) -> None:
         self.port = free_port()
@@ -348,6 +348,10 @@ class AppServer:
         self.tmp = tempfile.mkdtemp(prefix="smoke-")
         self.env = {**os.environ, "SITE_URL": self.url, **(env or {})}
         self.env["DJANGO_SETTINGS_MODULE"] = "chatproject.settings"
+        # Embedded defaults unless the caller names the services: a stray REDIS_URL or
+        # DATABASE_URL in our own environment (the CI's second run) must not leak in.
+        if "REDIS_URL" not in (env or {}):
+            self.env.pop("REDIS_URL", None)
         if "DATABASE_URL" not in (env or {}):
             self.env.pop("DATABASE_URL", None)
             self.env["SQLITE_PATH"] = str(Path(self.tmp) / "db.sqlite3")
