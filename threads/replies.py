@@ -416,7 +416,10 @@ class Generation:
         elif status == Message.Status.FAILED:
             self.finish_reason = "error"
         usage = self._final_usage(text)
-        cost, priced, vendor_cost = _costs(self.attempts, usage, self.answering)
+        # The catalog may read the database (its cache expired): never on the loop.
+        cost, priced, vendor_cost = await sync_to_async(_costs)(
+            self.attempts, usage, self.answering
+        )
         now = timezone.now()
         message = self.message
         message.status = status
