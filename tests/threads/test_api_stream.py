@@ -65,3 +65,17 @@ async def test_it_streams_a_reply_as_sse(api):
     saved = await Message.objects.aget(code=done["message_id"])
     assert saved.content == text
     assert text.startswith("You said: “Hello there”.")
+
+
+async def test_a_reply_is_priced_when_the_catalog_cache_has_expired(api, settings):
+    from providers import catalog
+
+    settings.CATALOG_CACHE_TTL_S = 0
+    catalog.clear_cache()
+    client, thread = api
+    response = await client.post(
+        f"/api/threads/{thread.code}/messages/stream",
+        {"content": "Hello", "provider": "demo", "model": "demo-chat"},
+    )
+    done = parse_sse(await read_stream(response))[-1][2]
+    assert done["status"] == "complete" and done["cost_usd"] == "0"
