@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,10 +201,19 @@ def _send_response(request: HtmxHttpRequest, sent: _Send) -> HttpResponse:
 @login_required
 async def send(request: HtmxHttpRequest, code: uuid.UUID) -> HttpResponse:
     """Save the person's message first, answer with it and a skeleton, then generate."""
-    sent = await sync_to_async(_save_send)(request, code)
+    # Shielded: a person who closes the tab mid-request must not leave a saved turn
+    # that never starts.
+    sent = await asyncio.shield(_save_and_start(_save_send, request, code))
+    return await sync_to_async(_send_response)(request, sent)
+
+
+async def _save_and_start(
+    save: Callable[[HtmxHttpRequest, uuid.UUID], _Send], request: HtmxHttpRequest, code: uuid.UUID
+) -> _Send:
+    sent = await sync_to_async(save)(request, code)
     if sent.created and sent.reply is not None:
         replies.start(sent.reply)
-    return await sync_to_async(_send_response)(request, sent)
+    return sent
 
 
 @require_POST
@@ -296,7 +307,5 @@ def _save_regenerate(request: HtmxHttpRequest, code: uuid.UUID) -> _Send:
 @require_POST
 @login_required
 async def regenerate(request: HtmxHttpRequest, code: uuid.UUID) -> HttpResponse:
-    sent = await sync_to_async(_save_regenerate)(request, code)
-    if sent.created and sent.reply is not None:
-        replies.start(sent.reply)
+    sent = await asyncio.shield(_save_and_start(_save_regenerate, request, code))
     return await sync_to_async(_send_response)(request, sent)

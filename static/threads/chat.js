@@ -146,9 +146,12 @@
   });
 
   // A turn can arrive twice (the POST answer and the socket's "started" frame): keep one.
+  // Only appends to the list are checked: an outerHTML frame (a snapshot or the final
+  // reply) carries the id of the article it replaces, on purpose.
   document.addEventListener("htmx:oobBeforeSwap", function (evt) {
     const fragment = evt.detail.fragment;
     if (!fragment || !fragment.querySelectorAll) return;
+    if (!evt.detail.target || evt.detail.target.id !== "message-list") return;
     const articles = fragment.querySelectorAll("article[id]");
     for (const article of articles) {
       if (document.getElementById(article.id)) { evt.detail.shouldSwap = false; return; }

@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.test import AsyncClient, Client
+
+from tests.factories import make_exchange, make_org, make_thread, make_user
+from threads import replies
+from threads.models import Message, Thread
+from threads.tasks import title_for
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def alice():
+    org = make_org()
+    user = make_user("alice", org)
+    client = Client()
+    client.force_login(user)
+    return org, user, client
+
+
+async def test_the_first_send_streams_a_reply_and_titles_the_thread(generations):
+    org = await sync_to_async(make_org)()
+    user = await sync_to_async(make_user)("alice", org)
+    thread = await sync_to_async(make_thread)(org, user)
+    client = AsyncClient()
+    await sync_to_async(client.force_login)(user)
+    response = await client.post(
+        f"/t/{thread.code}/send",
+        {"content": "Please explain **Django** partials?", "model": "demo:demo-chat"},
+        headers={"HX-Request": "true"},
+    )
+    assert response.status_code == 200
+    assert 'class="skeleton"' in response.content.decode()
+    await replies.wait_all()
+    reply = await Message.objects.aget(thread=thread, role="assistant")
+    assert reply.status == "complete"
+    thread = await Thread.objects.aget(pk=thread.pk)
+    assert thread.title == "Explain Django partials"
+
+
+def test_title_for_strips_markup_and_filler():
+    assert title_for("hey, can you write a `haiku` about #tests?") == "Write a haiku about tests"
+    long = "word " * 40
+    assert len(title_for(long)) <= 61 and title_for(long).endswith("…")
+
+
+def test_a_final_reply_renders_markdown_and_never_markup(alice):
+    org, user, client = alice
+    thread = make_thread(org, user)
+    payload = (
+        "<img src=x onerror=alert(1)> <script>alert(2)</script> [x](javascript:alert(3))\n\n"
+        "```python\nprint(1)\n```\n\n| a |\n|---|\n| 1 |\n\n[ok](https://example.com)"
+    )
+    make_exchange(thread, reply=payload)
+    html = client.get(f"/t/{thread.code}/").content.decode()
+    assert "<img" not in html and "<script>alert(2)" not in html
+    assert 'href="javascript' not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert '<span class="code-lang">python</span>' in html and "<table>" in html
+    assert (
+        '<a href="https://example.com" target="_blank" rel="noopener noreferrer nofollow">ok</a>'
+        in html
+    )
+
+
+def test_the_footer_names_the_fallback_model(alice):
+    org, user, client = alice
+    thread = make_thread(org, user)
+    _, reply = make_exchange(thread)
+    reply.model, reply.requested_model = "claude-haiku", "gpt-4o-mini"
+    reply.total_tokens, reply.ttft_ms, reply.latency_ms = 42, 120, 900
+    reply.save()
+    html = client.get(f"/t/{thread.code}/").content.decode()
+    assert "fallback from gpt-4o-mini" in html
+    assert "42 tokens" in html and "TTFT 120 ms" in html and "900 ms" in html
+    assert ">Regenerate</button>" in html
+
+
+def test_the_picker_shows_tier_and_price_and_greys_unavailable(alice):
+    org, user, client = alice
+    thread = make_thread(org, user)
+    html = client.get(f"/t/{thread.code}/").content.decode()
+    assert "per M tokens" in html or "free" in html
+    assert "disabled title=" in html  # providers without keys
+
+
+def test_rename_archive_and_delete(alice):
+    org, user, client = alice
+    thread = make_thread(org, user, title="Old")
+    client.post(f"/t/{thread.code}/rename", {"title": "  New   name "})
+    thread.refresh_from_db()
+    assert thread.title == "New name"
+    client.post(f"/t/{thread.code}/archive")
+    thread.refresh_from_db()
+    assert thread.archived
+    client.post(f"/t/{thread.code}/delete")
+    assert not Thread.objects.filter(pk=thread.pk).exists()
+
+
+def test_it_hides_other_organisations_threads(alice):
+    _, _, client = alice
+    other = make_thread(make_org("globex"), title="Secret")
+    assert client.post(f"/t/{other.code}/rename", {"title": "x"}).status_code == 404
+    assert client.get(f"/t/{other.code}/export.md").status_code == 404
+    other.refresh_from_db()
+    assert other.title == "Secret"
+
+
+def test_search_finds_titles_and_message_text(alice):
+    org, user, client = alice
+    a = make_thread(org, user, title="Gardening")
+    b = make_thread(org, user, title="Other")
+    make_exchange(b, content="How do tomatoes grow?")
+    html = client.get("/search", {"q": "tomatoes"}, headers={"HX-Request": "true"}).content
+    assert str(b.code).encode() in html and str(a.code).encode() not in html
+    assert b'id="thread-list"' in html and b"<html" not in html
+    html = client.get("/search", {"q": "garden"}).content
+    assert str(a.code).encode() in html and b"<html" in html
+
+
+def test_export_markdown_and_json(alice):
+    org, user, client = alice
+    thread = make_thread(org, user, title="Export me")
+    make_exchange(thread, content="Hi?", reply="**Hello**")
+    md = client.get(f"/t/{thread.code}/export.md")
+    assert md["Content-Disposition"].startswith('attachment; filename="export-me-')
+    assert "# Export me" in md.content.decode() and "**Hello**" in md.content.decode()
+    data = json.loads(client.get(f"/t/{thread.code}/export.json").content)
+    assert [m["role"] for m in data["messages"]] == ["user", "assistant"]
+    assert client.get(f"/t/{thread.code}/export.exe").status_code == 404
+
+
+async def test_regenerate_asks_the_same_question_again(generations):
+    org = await sync_to_async(make_org)()
+    user = await sync_to_async(make_user)("alice", org)
+    thread = await sync_to_async(make_thread)(org, user)
+    _, reply = await sync_to_async(make_exchange)(thread, content="Again?")
+    client = AsyncClient()
+    await sync_to_async(client.force_login)(user)
+    response = await client.post(f"/m/{reply.code}/regenerate", headers={"HX-Request": "true"})
+    assert response.status_code == 200
+    await replies.wait_all()
+    questions = [m.content async for m in Message.objects.filter(thread=thread, role="user")]
+    assert questions == ["Again?", "Again?"]
