@@ -78,7 +78,7 @@ def test_two_tabs_on_one_thread_see_the_same_stream(page, context):
     other.goto(page.url)
     other.wait_for_load_state("networkidle")
     send(page, "Seen in both tabs")
-    expect(other.locator("#message-list .msg-user").last).to_have_text(
+    expect(other.locator("#message-list .msg-user .body").last).to_have_text(
         "Seen in both tabs", timeout=5_000
     )
     expect(other.locator(REPLY).last.locator(".body.streaming")).not_to_be_empty()
