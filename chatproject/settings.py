@@ -72,7 +72,8 @@ def database_from_url(url: str) -> dict[str, object]:
         "PASSWORD": unquote(parsed.password or ""),
         "HOST": parsed.hostname or "",
         "PORT": str(parsed.port or ""),
-        "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 0),
+        "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 60),
+        "CONN_HEALTH_CHECKS": True,
         "OPTIONS": options,
     }
 
@@ -150,6 +151,10 @@ else:
                 "timeout": 20,
             },
             "TEST": {"NAME": env_str("SQLITE_TEST_PATH", "") or None},
+            # Reusing the connection saves opening it (and registering SQLite's functions)
+            # for every request.
+            "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 60),
+            "CONN_HEALTH_CHECKS": True,
         }
     }
 
