@@ -14,7 +14,7 @@ from asgiref.sync import sync_to_async
 from django.db.models import Q
 from django.http import HttpRequest, StreamingHttpResponse
 from django.utils import timezone
-from ninja import Field, Router, Schema
+from ninja import Field, Router, Schema, Status
 from ninja.security import HttpBearer
 
 from providers import catalog
@@ -267,11 +267,11 @@ def list_threads(
 
 
 @router.post("/threads", response={201: ThreadOut}, auth=auth)
-def create_thread(request: HttpRequest, payload: ThreadIn) -> tuple[int, dict[str, Any]]:
+def create_thread(request: HttpRequest, payload: ThreadIn) -> Status[dict[str, Any]]:
     thread = Thread.objects.create(
         org=request.auth, title=payload.title, system_prompt=payload.system_prompt
     )
-    return 201, thread_out(thread)
+    return Status(201, thread_out(thread))
 
 
 @router.get("/threads/{thread_id}", response=ThreadOut, auth=auth)
@@ -293,9 +293,9 @@ def update_thread(
 
 
 @router.delete("/threads/{thread_id}", response={204: None}, auth=auth)
-def delete_thread(request: HttpRequest, thread_id: uuid.UUID) -> tuple[int, None]:
+def delete_thread(request: HttpRequest, thread_id: uuid.UUID) -> Status[None]:
     _get_thread(request.auth, thread_id).delete()
-    return 204, None
+    return Status(204, None)
 
 
 @router.get("/threads/{thread_id}/messages", response=MessagePage, auth=auth)
