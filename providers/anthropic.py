@@ -20,6 +20,7 @@ from .base import (
     Usage,
 )
 from .sse import SSEProvider, parse_json
+from .turns import alternating
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024  # the API insists on a cap
@@ -33,20 +34,9 @@ _FINISH = {
     "refusal": FinishReason.CONTENT_FILTER,
 }
 
-OPENING_TURN = "(conversation start)"
-
-
 def anthropic_messages(request: ChatRequest) -> list[dict[str, str]]:
     """One message per run of a role, starting with the user, as the API requires."""
-    merged: list[dict[str, str]] = []
-    for turn in request.turns:
-        if merged and merged[-1]["role"] == turn.role:
-            merged[-1]["content"] += "\n\n" + turn.content
-        else:
-            merged.append({"role": turn.role, "content": turn.content})
-    if merged and merged[0]["role"] != "user":
-        merged.insert(0, {"role": "user", "content": OPENING_TURN})
-    return merged
+    return [{"role": t.role, "content": t.content} for t in alternating(request.turns)]
 
 
 def _input_tokens(usage: dict[str, Any]) -> int:

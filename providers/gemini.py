@@ -23,6 +23,7 @@ from .base import (
     Usage,
 )
 from .sse import SSEProvider, parse_json
+from .turns import alternating
 
 _FINISH = {
     "STOP": FinishReason.STOP,
@@ -38,21 +39,12 @@ _FINISH = {
 # 2.5 and later think; asking older models for thoughts is an error.
 _THINKING_MODEL = re.compile(r"^gemini-(2\.5|[3-9])|-latest$")
 
-OPENING_TURN = "(conversation start)"
-
-
 def contents(request: ChatRequest) -> list[dict[str, Any]]:
     """Turns as user/model contents, one per run of a role, starting with the user."""
-    merged: list[dict[str, Any]] = []
-    for turn in request.turns:
-        role = "model" if turn.role == "assistant" else "user"
-        if merged and merged[-1]["role"] == role:
-            merged[-1]["parts"][0]["text"] += "\n\n" + turn.content
-        else:
-            merged.append({"role": role, "parts": [{"text": turn.content}]})
-    if merged and merged[0]["role"] != "user":
-        merged.insert(0, {"role": "user", "parts": [{"text": OPENING_TURN}]})
-    return merged
+    return [
+        {"role": "model" if t.role == "assistant" else "user", "parts": [{"text": t.content}]}
+        for t in alternating(request.turns)
+    ]
 
 
 def gemini_usage(meta: dict[str, Any]) -> Usage:

@@ -25,22 +25,12 @@ from .base import (
 )
 from .openai import OpenAIProvider, error_payload, finish_reason, openai_usage
 from .sse import parse_json
-
-# Perplexity wants user first after the system prompt; this stands in when the thread
-# opens with an assistant turn (a greeting), so that turn is still sent.
-OPENING_TURN = "(conversation start)"
+from .turns import alternating
 
 
 def alternating_messages(request: ChatRequest) -> list[dict[str, str]]:
     """System first, then strictly alternating turns, or Perplexity answers 400."""
-    merged: list[dict[str, str]] = []
-    for turn in request.turns:
-        if merged and merged[-1]["role"] == turn.role:
-            merged[-1]["content"] += "\n\n" + turn.content
-        else:
-            merged.append({"role": turn.role, "content": turn.content})
-    if merged and merged[0]["role"] != "user":
-        merged.insert(0, {"role": "user", "content": OPENING_TURN})
+    merged = [{"role": t.role, "content": t.content} for t in alternating(request.turns)]
     system = [{"role": "system", "content": request.system}] if request.system else []
     return system + merged
 
