@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from celery import shared_task
+from django.conf import settings
 
 from .models import Message, Thread, _title_from
 
@@ -40,3 +41,9 @@ def title_thread(thread_id: int) -> None:
     title = title_for(first.content)
     if title and title != thread.title:
         Thread.objects.filter(pk=thread.pk, title=thread.title).update(title=title)
+
+
+@shared_task
+def reap_stale_replies() -> int:
+    """End replies whose server process died mid-stream (no heartbeat) as `interrupted`."""
+    return Message.objects.reap_stale(settings.STREAM_STALE_AFTER_S)
