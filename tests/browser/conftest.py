@@ -35,7 +35,7 @@ def chromium_path() -> str:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fake_vendor() -> Iterator[Any]:
     from threads.smoke import FakeProvider
 
@@ -43,7 +43,7 @@ def fake_vendor() -> Iterator[Any]:
         yield fake
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def live_app(chromium_path: str, fake_vendor: Any) -> Iterator[Any]:
     from threads.smoke import AppServer
 
@@ -59,7 +59,9 @@ def live_app(chromium_path: str, fake_vendor: Any) -> Iterator[Any]:
         yield app
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API runs an event loop in the main thread
+# while it is open, and the asyncio tests collected after this package need that thread free.
+@pytest.fixture(scope="package")
 def browser(chromium_path: str) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
