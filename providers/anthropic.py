@@ -34,6 +34,7 @@ _FINISH = {
     "refusal": FinishReason.CONTENT_FILTER,
 }
 
+
 def anthropic_messages(request: ChatRequest) -> list[dict[str, str]]:
     """One message per run of a role, starting with the user, as the API requires."""
     return [{"role": t.role, "content": t.content} for t in alternating(request.turns)]

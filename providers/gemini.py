@@ -39,6 +39,7 @@ _FINISH = {
 # 2.5 and later think; asking older models for thoughts is an error.
 _THINKING_MODEL = re.compile(r"^gemini-(2\.5|[3-9])|-latest$")
 
+
 def contents(request: ChatRequest) -> list[dict[str, Any]]:
     """Turns as user/model contents, one per run of a role, starting with the user."""
     return [
