@@ -211,8 +211,18 @@ class Generation:
         sender = asyncio.create_task(self._send_loop())
         control = asyncio.create_task(self._control_loop(control_channel))
         ticker = asyncio.create_task(self._heartbeat_loop())
-        tracking = metrics.track_stream()
-        tracking.__enter__()
+        try:
+            with metrics.track_stream():
+                await self._drive(message)
+        finally:
+            self._leave_queue()
+            ticker.cancel()
+            control.cancel()
+            self.outbox.put_nowait(None)
+            await sender
+            await self.layer.group_discard(reply_group(self.code), control_channel)
+
+    async def _drive(self, message: Message) -> None:
         try:
             self._emit(
                 "start",
@@ -235,14 +245,6 @@ class Generation:
         except Exception:
             log.exception("reply %s crashed", self.message_pk)
             await self._fail_safely()
-        finally:
-            tracking.__exit__(None, None, None)
-            self._leave_queue()
-            ticker.cancel()
-            control.cancel()
-            self.outbox.put_nowait(None)
-            await sender
-            await self.layer.group_discard(reply_group(self.code), control_channel)
 
     async def _stream(self) -> tuple[str, str]:
         """Run the provider policy; return (final status, error text)."""
