@@ -39,6 +39,18 @@ def _test_settings(settings):
 
 
 @pytest.fixture(autouse=True)
+def _celery_in_process():
+    """Tasks run in the test process even when REDIS_URL names a broker: no worker runs
+    under pytest, and a queued task would never happen."""
+    from chatproject.celery import app
+
+    eager = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = eager
+
+
+@pytest.fixture(autouse=True)
 def _reset_channel_layers():
     from channels.layers import channel_layers
 
