@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -24,6 +25,8 @@ from . import replies
 from .events import sse_frame
 from .models import ApiKey, Message, Organization, Thread, add_exchange
 from .validation import check_send
+
+log = logging.getLogger(__name__)
 
 router = Router(tags=["chat"])
 
@@ -384,10 +387,13 @@ async def _sse(reply: Message, after: int) -> AsyncIterator[bytes]:
         try:
             async for event in replies.follow(reply, after):
                 queue.put_nowait(event)
+        except Exception:
+            log.exception("following reply %s failed", reply.code)
         finally:
             queue.put_nowait(None)
 
     task = asyncio.create_task(pump())
+    last = after
     try:
         while True:
             try:
@@ -396,8 +402,21 @@ async def _sse(reply: Message, after: int) -> AsyncIterator[bytes]:
                 yield b": keep-alive\n\n"
                 continue
             if event is None:
-                return
+                break
+            last = event["seq"]
             yield sse_frame(event["event"], event["data"], event["seq"])
+            if event["event"] == "done":
+                return
+        # Following broke off before `done` (an error in this process): `done` is always
+        # the last event, so end with what the row says now.
+        message = await Message.objects.select_related("reply_to").aget(pk=reply.pk)
+        data = replies.done_payload(message)
+        yield sse_frame(
+            "error",
+            {"code": "stream_lost", "message": "Lost track of the reply; reload it to see it."},
+            last + 1,
+        )
+        yield sse_frame("done", data, last + 2)
     finally:
         task.cancel()
 

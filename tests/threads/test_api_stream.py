@@ -79,3 +79,27 @@ async def test_a_reply_is_priced_when_the_catalog_cache_has_expired(api, setting
     )
     done = parse_sse(await read_stream(response))[-1][2]
     assert done["status"] == "complete" and done["cost_usd"] == "0"
+
+
+async def test_done_is_last_even_when_following_the_reply_breaks(api, monkeypatch):
+    from threads import replies
+
+    follow = replies.follow
+
+    async def breaking_follow(message, after_seq=0):
+        async for event in follow(message, after_seq):
+            yield event
+            if event["event"] == "delta":
+                raise ConnectionError("the channel layer went away")
+
+    monkeypatch.setattr(replies, "follow", breaking_follow)
+    client, thread = api
+    response = await client.post(
+        f"/api/threads/{thread.code}/messages/stream",
+        {"content": "Hello", "provider": "demo", "model": "demo-chat"},
+    )
+    events = parse_sse(await read_stream(response))
+    assert [name for _, name, _ in events][-2:] == ["error", "done"]
+    assert events[-2][2]["code"] == "stream_lost"
+    ids = [i for i, _, _ in events]
+    assert ids == sorted(set(ids))

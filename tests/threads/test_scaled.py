@@ -152,4 +152,6 @@ async def test_a_shared_limit_holds_across_instances(instances):
         if name == "status" and data["state"] == "queued"
     ]
     assert queued, "with a concurrency of 1, one of the two replies must have queued"
-    assert all(result[-1][1]["status"] == "complete" for result in results)
+    for result in results:
+        assert result[-1][0] == "done", result[-3:]
+        assert result[-1][1]["status"] == "complete"
