@@ -149,8 +149,11 @@ class MessageQuerySet(models.QuerySet["Message"]):
 
     def reap_stale(self, after_s: float) -> int:
         """End replies whose process died mid-stream as `interrupted`, keeping their text."""
+        return self.stale(after_s).interrupt()
+
+    def interrupt(self) -> int:
         now = timezone.now()
-        return self.stale(after_s).update(
+        return self.filter(status__in=Message.ACTIVE).update(
             status=Message.Status.INTERRUPTED,
             finish_reason="error",
             error="The server stopped while writing this reply; retry it.",

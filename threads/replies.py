@@ -82,6 +82,23 @@ def start(message: Message) -> asyncio.Task[None]:
     return task
 
 
+def running_codes() -> set[str]:
+    """Message codes of the replies this process is generating right now."""
+    return {task.get_name().removeprefix("reply-") for task in list(_running)}
+
+
+def settle_orphans(thread: Thread) -> None:
+    """End this thread's replies that no process is generating any more (sync ORM).
+
+    With one process (no REDIS_URL) a reply this process is not running is an orphan of a
+    restart; with several, only the heartbeat can tell.
+    """
+    active = Message.objects.filter(thread=thread, status__in=Message.ACTIVE)
+    active.reap_stale(settings.STREAM_STALE_AFTER_S)
+    if not settings.REDIS_URL:
+        active.exclude(code__in=running_codes()).interrupt()
+
+
 async def wait_all() -> None:
     """Wait for every generation running in this event loop (tests, graceful shutdown)."""
     loop = asyncio.get_running_loop()

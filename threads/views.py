@@ -129,6 +129,7 @@ def new_thread(request: HtmxHttpRequest) -> HttpResponse:
 @login_required
 def thread_detail(request: HtmxHttpRequest, code: uuid.UUID) -> HttpResponse:
     thread = get_thread_for_user(request, code)
+    replies.settle_orphans(thread)
     if request.session.get(SESSION_ORG_KEY) != thread.org.slug:
         request.session[SESSION_ORG_KEY] = thread.org.slug
     context = _page_context(request, thread.org, thread)

@@ -147,3 +147,27 @@ async def test_regenerate_asks_the_same_question_again(generations):
     await replies.wait_all()
     questions = [m.content async for m in Message.objects.filter(thread=thread, role="user")]
     assert questions == ["Again?", "Again?"]
+
+
+@pytest.mark.django_db
+def test_a_reply_orphaned_by_a_restart_is_shown_interrupted_with_its_text(client):
+    from django.utils import timezone
+
+    from tests.factories import make_org, make_thread, make_user
+    from threads.models import Message, add_exchange
+
+    org = make_org("orphans")
+    user = make_user("olive", org)
+    thread = make_thread(org, user)
+    _, reply, _ = add_exchange(thread, content="Hi", provider="demo", model="demo-chat")
+    # The process that was streaming it is gone: no generation runs here for it.
+    Message.objects.filter(pk=reply.pk).update(
+        status=Message.Status.STREAMING, content="Half an ans", heartbeat=timezone.now()
+    )
+    client.force_login(user)
+
+    page = client.get(f"/t/{thread.code}/")
+
+    reply.refresh_from_db()
+    assert reply.status == "interrupted" and reply.content == "Half an ans"
+    assert 'data-status="interrupted"' in page.content.decode()
