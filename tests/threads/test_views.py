@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -149,8 +150,9 @@ async def test_regenerate_asks_the_same_question_again(generations):
     assert questions == ["Again?", "Again?"]
 
 
-@pytest.mark.django_db
-def test_a_reply_orphaned_by_a_restart_is_shown_interrupted_with_its_text(client):
+def _streaming_reply(heartbeat_age_s: float):
+    from datetime import timedelta
+
     from django.utils import timezone
 
     from tests.factories import make_org, make_thread, make_user
@@ -160,10 +162,19 @@ def test_a_reply_orphaned_by_a_restart_is_shown_interrupted_with_its_text(client
     user = make_user("olive", org)
     thread = make_thread(org, user)
     _, reply, _ = add_exchange(thread, content="Hi", provider="demo", model="demo-chat")
-    # The process that was streaming it is gone: no generation runs here for it.
+    # No generation runs in this process for it: the one that streamed it is gone.
     Message.objects.filter(pk=reply.pk).update(
-        status=Message.Status.STREAMING, content="Half an ans", heartbeat=timezone.now()
+        status=Message.Status.STREAMING,
+        content="Half an ans",
+        heartbeat=timezone.now() - timedelta(seconds=heartbeat_age_s),
     )
+    return user, thread, reply
+
+
+@pytest.mark.django_db
+def test_one_process_shows_a_reply_orphaned_by_a_restart_as_interrupted(client, settings):
+    settings.REDIS_URL = ""  # one process: a reply it is not running has no other owner
+    user, thread, reply = _streaming_reply(heartbeat_age_s=0)
     client.force_login(user)
 
     page = client.get(f"/t/{thread.code}/")
@@ -171,3 +182,19 @@ def test_a_reply_orphaned_by_a_restart_is_shown_interrupted_with_its_text(client
     reply.refresh_from_db()
     assert reply.status == "interrupted" and reply.content == "Half an ans"
     assert 'data-status="interrupted"' in page.content.decode()
+
+
+@pytest.mark.django_db
+def test_several_processes_end_only_replies_without_a_heartbeat(client, settings):
+    settings.REDIS_URL = "redis://127.0.0.1:6379/0"  # another instance may be streaming it
+    user, thread, reply = _streaming_reply(heartbeat_age_s=0)
+    client.force_login(user)
+    client.get(f"/t/{thread.code}/")
+    reply.refresh_from_db()
+    assert reply.status == "streaming"
+
+    reply.heartbeat = reply.heartbeat - timedelta(minutes=5)
+    reply.save(update_fields=["heartbeat"])
+    client.get(f"/t/{thread.code}/")
+    reply.refresh_from_db()
+    assert reply.status == "interrupted"
