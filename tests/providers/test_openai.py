@@ -183,13 +183,15 @@ async def test_a_stall_mid_stream_times_out(adapter):
 
 async def test_the_whole_stream_is_bounded(adapter, fake_provider):
     fake_provider.script("openai", tokens=200, pace_ms=10)
-    provider = adapter(OpenAIProvider, max_stream_s=0.1)
+    # 200 tokens 10 ms apart take 2 s; the limit cuts them at 0.5 s (long enough that the
+    # first tokens arrive before it even on a busy machine).
+    provider = adapter(OpenAIProvider, max_stream_s=0.5)
 
     events, exc = await failure(provider.stream(chat("gpt-4o-mini")))
 
     assert 0 < len(events) < 200
     assert (exc.kind, exc.code) == (ErrorKind.RETRYABLE, "timeout")
-    assert "after 0.1 s" in exc.message
+    assert "after 0.5 s" in exc.message
 
 
 async def test_closing_the_stream_closes_the_upstream_connection(adapter, fake_provider):
