@@ -82,9 +82,11 @@ def test_members_are_turned_away(client, data):
 
 def test_filters_and_custom_ranges(client, data, django_user_model):
     client.force_login(django_user_model.objects.create_superuser("root", password="x"))
+    # From the data's own day (minutes ago: yesterday, just after midnight) to today.
+    start = timezone.localdate(timezone.now() - timedelta(minutes=10)).isoformat()
     today = timezone.localdate().isoformat()
     response = client.get(
-        URL, {"range": "custom", "start": today, "end": today, "model": "acme-model"}
+        URL, {"range": "custom", "start": start, "end": today, "model": "acme-model"}
     )
     assert response.status_code == 200
     body = response.content.decode()
