@@ -73,6 +73,7 @@ def error_payload(data: str) -> Any:
 class OpenAIProvider(SSEProvider):
     id = "openai"
     display_name = "OpenAI"
+    asks_for_usage = True  # stream_options.include_usage
 
     def headers(self) -> dict[str, str]:
         headers = {"Accept": "text/event-stream"}
@@ -100,14 +101,16 @@ class OpenAIProvider(SSEProvider):
         return params
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
-        return {
+        body = {
             "model": request.model,
             "messages": self.messages(request),
             **self.sampling(request),
             "stream": True,
-            # Without this the stream carries no usage at all.
-            "stream_options": {"include_usage": True},
         }
+        if self.asks_for_usage:
+            # Without this the stream carries no usage at all.
+            body["stream_options"] = {"include_usage": True}
+        return body
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         model = request.model

@@ -113,26 +113,12 @@ def sources_of(chunk: dict[str, Any]) -> tuple[Source, ...]:
 class PerplexityProvider(OpenAIProvider):
     id = "perplexity"
     display_name = "Perplexity"
+    # Usage comes in every chunk unasked, so no stream_options; its sonar models take the
+    # plain max_tokens/temperature dialect that OpenAIProvider.sampling gives them.
+    asks_for_usage = False
 
     def messages(self, request: ChatRequest) -> list[dict[str, str]]:
         return alternating_messages(request)
-
-    def sampling(self, request: ChatRequest) -> dict[str, Any]:
-        params: dict[str, Any] = {}
-        if request.max_tokens is not None:
-            params["max_tokens"] = request.max_tokens
-        if request.temperature is not None:
-            params["temperature"] = request.temperature
-        return params
-
-    def body(self, request: ChatRequest) -> dict[str, Any]:
-        # Usage comes in every chunk unasked, so no stream_options.
-        return {
-            "model": request.model,
-            "messages": self.messages(request),
-            **self.sampling(request),
-            "stream": True,
-        }
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         model = request.model

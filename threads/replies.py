@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -314,7 +315,7 @@ class Generation:
             if event.state == "queued" and not self.queued:
                 self.queued = True
                 metrics.queue_depth.inc()
-            data = {k: v for k, v in vars_of(event).items() if v is not None}
+            data = {k: v for k, v in dataclasses.asdict(event).items() if v is not None}
             self._emit("status", data)
             self._save_soon(status=Message.Status.WAITING)
 
@@ -513,10 +514,6 @@ class Generation:
         if self.attempts and self.attempts[-1].usage is None:
             self.attempts[-1].usage = usage
         return usage
-
-
-def vars_of(obj: object) -> dict[str, Any]:
-    return {name: getattr(obj, name) for name in obj.__slots__}  # type: ignore[attr-defined]
 
 
 async def _abuild_request(message: Message) -> ChatRequest:
