@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from asgiref.sync import sync_to_async
+
 from providers import catalog
 
 if TYPE_CHECKING:
@@ -29,50 +31,65 @@ class ReplyTimings:
     total_ms: int  # reply started -> done
 
 
-async def arecord_attempts(
+def record_attempts(
     message: Message, attempts: list[Attempt], timings: ReplyTimings
-) -> None:
-    """Store the attempts of a finished reply in one insert, then count them for /metrics.
+) -> list[ProviderCall]:
+    """Store the attempts of a finished reply in one insert (sync ORM); return the rows.
 
-    Errors are logged and swallowed: a reply never fails because telemetry did.
+    The reply's thread and organisation are read from `message` (loaded when the reply is
+    started, so this costs no query). Errors are logged and swallowed: a reply never fails
+    because telemetry did.
     """
     if not attempts:
-        return
+        return []
     try:
-        from threads.models import Thread
-
-        from . import metrics
         from .models import ProviderCall
 
-        org_id, org_slug = (
-            await Thread.objects.filter(pk=message.thread_id)
-            .values_list("org_id", "org__slug")
-            .aget()
-        )
-        calls = [
-            await _call_for(message, org_id, attempts, i, timings) for i in range(len(attempts))
-        ]
-        await ProviderCall.objects.abulk_create(calls)
+        org_id = message.thread.org_id
+        calls = [_call_for(message, org_id, attempts, i, timings) for i in range(len(attempts))]
+        ProviderCall.objects.bulk_create(calls)
     except Exception:
         log.exception("could not record the attempts of reply %s", message.pk)
+        return []
+    return calls
+
+
+def count_calls(calls: list[ProviderCall], message: Message) -> None:
+    """Count saved rows for /metrics (in memory: fine on the event loop)."""
+    if not calls:
         return
+    from . import metrics
+
     try:
-        metrics.observe_calls(calls, org_slug)
+        metrics.observe_calls(calls, message.thread.org.slug)
     except Exception:
         log.exception("could not count the attempts of reply %s", message.pk)
 
 
-async def price(provider: str, model: str, usage: object) -> tuple[Decimal | None, bool]:
+async def arecord_attempts(
+    message: Message, attempts: list[Attempt], timings: ReplyTimings
+) -> None:
+    """`record_attempts` then `count_calls`, from async code (one thread hop)."""
+
+    def record() -> list[ProviderCall]:
+        # Load what the sync core reads while on the worker thread, not on the loop.
+        message.thread.org  # noqa: B018
+        return record_attempts(message, attempts, timings)
+
+    count_calls(await sync_to_async(record)(), message)
+
+
+def price(provider: str, model: str, usage: object) -> tuple[Decimal | None, bool]:
     """(cost, priced) of `usage` at the model's price now; an unknown model is unpriced."""
     try:
-        info = await catalog.aget_model(provider, model)
+        info = catalog.get_model(provider, model)
     except catalog.UnknownModelError:
         return None, False
     cost = info.cost(usage)  # type: ignore[arg-type]
     return cost, cost is not None
 
 
-async def _call_for(
+def _call_for(
     message: Message, org_id: int, attempts: list[Attempt], index: int, timings: ReplyTimings
 ) -> ProviderCall:
     from .models import ProviderCall
@@ -86,7 +103,7 @@ async def _call_for(
     cost: Decimal | None = None
     priced = True
     if usage is not None:
-        cost, priced = await price(attempt.provider, attempt.model, usage)
+        cost, priced = price(attempt.provider, attempt.model, usage)
     return ProviderCall(
         org_id=org_id,
         thread_id=message.thread_id,

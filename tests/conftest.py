@@ -32,7 +32,7 @@ def _test_settings(settings):
     else:
         settings.CHANNEL_LAYERS = {
             "default": {
-                "BACKEND": "channels.layers.InMemoryChannelLayer",
+                "BACKEND": "chatproject.channel_layer.LocalChannelLayer",
                 "CONFIG": {"capacity": 1000},
             }
         }

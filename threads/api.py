@@ -8,6 +8,7 @@ import binascii
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from ninja import Field, Router, Schema, Status
 from ninja.security import HttpBearer
 
 from providers import catalog
+from providers.base import ChatRequest
 from providers.registry import get_provider
 
 from . import replies
@@ -50,22 +52,54 @@ class ApiKeyAuth(HttpBearer):
         return super().__call__(request)
 
     def authenticate(self, request: HttpRequest, token: str) -> Organization:
-        key = (
-            ApiKey.objects.active().select_related("org").filter(hashed=ApiKey.hash(token)).first()
-        )
-        if key is None:
-            raise ApiError(401, "unauthorized", "The API key is unknown or revoked.")
-        org_slug = request.headers.get("x-org-id")
-        if org_slug is not None and org_slug != key.org.slug:
-            raise ApiError(403, "forbidden", "The x-org-id header names another organisation.")
-        now = timezone.now()
-        # Record use at most once a minute, not a write per request.
-        if key.last_used is None or now - key.last_used > timedelta(minutes=1):
-            ApiKey.objects.filter(pk=key.pk).update(last_used=now)
-        return key.org
+        return org_for_key(token, request.headers.get("x-org-id"))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyToCheck:
+    """A bearer key read from the request but not checked yet (see LateKeyAuth)."""
+
+    token: str
+    org_slug: str | None
+
+
+class LateKeyAuth(ApiKeyAuth):
+    """For async views that go to the database anyway (sending, cancelling): the header is
+    read here, on the event loop, and the key is checked by `org_of` inside the view's own
+    trip to a worker thread, so a request makes one thread hop instead of two."""
+
+    is_async = True  # django-ninja awaits this instead of running it in a thread
+
+    async def __call__(self, request: HttpRequest) -> Any:  # type: ignore[override]
+        return super().__call__(request)
+
+    def authenticate(self, request: HttpRequest, token: str) -> KeyToCheck:  # type: ignore[override]
+        return KeyToCheck(token, request.headers.get("x-org-id"))
+
+
+def org_for_key(token: str, org_slug: str | None) -> Organization:
+    """The organisation of an active API key (sync ORM); 401/403 ApiError otherwise."""
+    key = ApiKey.objects.active().select_related("org").filter(hashed=ApiKey.hash(token)).first()
+    if key is None:
+        raise ApiError(401, "unauthorized", "The API key is unknown or revoked.")
+    if org_slug is not None and org_slug != key.org.slug:
+        raise ApiError(403, "forbidden", "The x-org-id header names another organisation.")
+    now = timezone.now()
+    # Record use at most once a minute, not a write per request.
+    if key.last_used is None or now - key.last_used > timedelta(minutes=1):
+        ApiKey.objects.filter(pk=key.pk).update(last_used=now)
+    return key.org
+
+
+def org_of(auth: Organization | KeyToCheck) -> Organization:
+    """request.auth as an organisation, checking a LateKeyAuth key now (sync ORM)."""
+    if isinstance(auth, KeyToCheck):
+        return org_for_key(auth.token, auth.org_slug)
+    return auth
 
 
 auth = ApiKeyAuth()
+late_auth = LateKeyAuth()
 
 
 # --- Schemas ------------------------------------------------------------------------------
@@ -321,21 +355,30 @@ def list_messages(
 # --- Sending ------------------------------------------------------------------------------
 
 
-def _save_send(
-    org: Organization, thread_id: uuid.UUID, payload: SendIn
-) -> tuple[Message, Message, bool]:
-    thread = _get_thread(org, thread_id)
+@dataclass(slots=True)
+class _Sent:
+    user_message: Message
+    reply: Message
+    created: bool  # False: the client_id was seen before; follow the existing reply
+    request: ChatRequest | None  # what the new reply's generation starts from
+
+
+def _save_send(auth: Organization | KeyToCheck, thread_id: uuid.UUID, payload: SendIn) -> _Sent:
+    """Check the key, the thread and the message, save the turn and prepare its reply: the
+    whole send in one trip to a worker thread (sync ORM)."""
+    thread = _get_thread(org_of(auth), thread_id)
     errors = check_send(payload.content, payload.provider, payload.model, org=thread.org)
     if errors:
         first = errors[0]
         raise ApiError(first.status, first.code, first.message, first.field)
-    return add_exchange(
+    user_message, reply, created = add_exchange(
         thread,
         content=payload.content,
         provider=payload.provider,
         model=payload.model,
         client_id=payload.client_id or "",
     )
+    return _Sent(user_message, reply, created, replies.prepare(reply) if created else None)
 
 
 def _reload_pair(user_message: Message, reply: Message) -> dict[str, Any]:
@@ -346,20 +389,20 @@ def _reload_pair(user_message: Message, reply: Message) -> dict[str, Any]:
     }
 
 
-@router.post("/threads/{thread_id}/messages", response=SendOut, auth=auth)
+@router.post("/threads/{thread_id}/messages", response=SendOut, auth=late_auth)
 async def send_message(
     request: HttpRequest, thread_id: uuid.UUID, payload: SendIn
 ) -> dict[str, Any]:
     """Send a message and wait for the whole reply."""
-    user_message, reply, created = await sync_to_async(_save_send)(request.auth, thread_id, payload)
-    if created:
-        replies.start(reply)
-    async for _event in replies.follow(reply):
+    sent = await sync_to_async(_save_send)(request.auth, thread_id, payload)
+    if sent.created:
+        replies.start(sent.reply, sent.request)
+    async for _event in replies.follow(sent.reply):
         pass
-    return await sync_to_async(_reload_pair)(user_message, reply)
+    return await sync_to_async(_reload_pair)(sent.user_message, sent.reply)
 
 
-@router.post("/threads/{thread_id}/messages/stream", auth=auth)
+@router.post("/threads/{thread_id}/messages/stream", auth=late_auth)
 async def stream_message(
     request: HttpRequest, thread_id: uuid.UUID, payload: SendIn
 ) -> StreamingHttpResponse:
@@ -367,9 +410,10 @@ async def stream_message(
 
     A repeated client_id attaches to the existing reply; `Last-Event-ID` resumes after it.
     """
-    user_message, reply, created = await sync_to_async(_save_send)(request.auth, thread_id, payload)
-    if created:
-        replies.start(reply)
+    sent = await sync_to_async(_save_send)(request.auth, thread_id, payload)
+    if sent.created:
+        replies.start(sent.reply, sent.request)
+    reply = sent.reply
     try:
         after = int(request.headers.get("Last-Event-ID", "0"))
     except ValueError:
@@ -421,9 +465,9 @@ async def _sse(reply: Message, after: int) -> AsyncIterator[bytes]:
         task.cancel()
 
 
-@router.post("/messages/{message_id}/cancel", response=CancelOut, auth=auth)
+@router.post("/messages/{message_id}/cancel", response=CancelOut, auth=late_auth)
 async def cancel_message(request: HttpRequest, message_id: uuid.UUID) -> dict[str, Any]:
-    message = await sync_to_async(_get_message)(request.auth, message_id)
+    message = await sync_to_async(lambda: _get_message(org_of(request.auth), message_id))()
     status = await replies.cancel(message)
     return {"message_id": message.code, "status": status}
 

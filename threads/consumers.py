@@ -13,8 +13,9 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 
-from .events import request_snapshot, thread_group
+from .events import thread_group
 from .models import Message, Thread
+from .replies import request_snapshot
 from .tenancy import user_can_see_thread
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from channels.layers import get_channel_layer
-
 REPLY_EVENT = "reply.event"
 
 
@@ -33,18 +31,3 @@ def sse_frame(event: str, data: dict[str, Any], event_id: int | None = None) -> 
     lines.append(f"event: {event}")
     lines.append("data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False))
     return ("\n".join(lines) + "\n\n").encode()
-
-
-async def request_snapshot(message_code: object, reply_channel: str) -> None:
-    """Ask a running generation to send its state to `reply_channel`."""
-    layer = get_channel_layer()
-    assert layer is not None
-    await layer.group_send(
-        reply_group(message_code), {"type": "reply.snapshot", "reply_channel": reply_channel}
-    )
-
-
-async def send_cancel(message_code: object) -> None:
-    layer = get_channel_layer()
-    assert layer is not None
-    await layer.group_send(reply_group(message_code), {"type": "reply.cancel"})

@@ -24,7 +24,7 @@ from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from channels.layers import BaseChannelLayer, get_channel_layer
+from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
@@ -42,21 +42,55 @@ from providers.base import (
 )
 from providers.tokens import estimate_prompt_tokens, estimate_tokens
 from telemetry import metrics
-from telemetry.recorder import ReplyTimings, arecord_attempts
+from telemetry.recorder import ReplyTimings, count_calls, record_attempts
 
-from .events import REPLY_EVENT, reply_group, request_snapshot, send_cancel, thread_group
+from .events import REPLY_EVENT, reply_group, thread_group
 from .models import Message, Thread
 
 log = logging.getLogger(__name__)
 
 # Strong references to running generations: asyncio keeps only weak ones.
 _running: set[asyncio.Task[None]] = set()
+# The generations this process runs, by message code: followers, cancels and snapshot
+# requests in this process talk to them directly instead of through the channel layer.
+_local: dict[str, Generation] = {}
 
 HEARTBEAT_S = 10.0
 SNAPSHOT_TIMEOUT_S = 2.0
 IDLE_PROBE_S = 30.0
 CANCEL_WAIT_S = 3.0
 EVENTS_CACHE_S = 15 * 60
+# What the end of a reply writes to its row.
+FINAL_FIELDS = [
+    "status",
+    "content",
+    "reasoning",
+    "sources",
+    "error",
+    "finish_reason",
+    "chain",
+    "provider",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "reasoning_tokens",
+    "tokens_estimated",
+    "cost_usd",
+    "priced",
+    "vendor_cost_usd",
+    "ttft_ms",
+    "latency_ms",
+    "finished",
+    "updated",
+    "heartbeat",
+]
+
+
+def _has_members(layer: BaseChannelLayer, group: str) -> bool:
+    """Whether a group of the in-memory layer has anyone in it (other layers: assume so)."""
+    groups = getattr(layer, "groups", None)
+    return True if groups is None else bool(groups.get(group))
 
 
 def _layer() -> BaseChannelLayer:
@@ -69,17 +103,27 @@ def _events_cache_key(code: object) -> str:
     return f"reply-events:{code}"
 
 
-def start(message: Message) -> asyncio.Task[None]:
-    """Start generating `message` (an assistant message in state queued) in this loop."""
+def start(message: Message, request: ChatRequest | None = None) -> asyncio.Task[None]:
+    """Start generating `message` (an assistant message in state queued) in this loop.
+
+    `request` is `prepare(message)`, made by the caller in the same trip to the database
+    that saved the message; without it the generation reads the row and builds it itself.
+    """
+    generation = Generation(message, request)
     # A fresh context: the request's (and its per-request thread executor, which Django
     # shuts down when the response ends) must not leak into a task that outlives it.
     task = asyncio.create_task(
-        Generation(message.pk, str(message.code)).run(),
-        name=f"reply-{message.code}",
-        context=contextvars.Context(),
+        generation.run(), name=f"reply-{generation.code}", context=contextvars.Context()
     )
     _running.add(task)
-    task.add_done_callback(_running.discard)
+    _local[generation.code] = generation
+
+    def forget(task: asyncio.Task[None]) -> None:
+        _running.discard(task)
+        if _local.get(generation.code) is generation:
+            del _local[generation.code]
+
+    task.add_done_callback(forget)
     return task
 
 
@@ -107,6 +151,18 @@ async def wait_all() -> None:
     # their done-callbacks (which drop them from _running) would never run.
     while mine := [t for t in _running if t.get_loop() is loop and not t.done()]:
         await asyncio.gather(*mine, return_exceptions=True)
+
+
+def prepare(message: Message) -> ChatRequest:
+    """What `start` needs besides the row (sync ORM): the conversation, with the thread and
+    organisation loaded on `message`, so the generation reads nothing more before it streams.
+    """
+    return build_request(message)
+
+
+def _load(pk: int) -> tuple[Message, ChatRequest]:
+    message = Message.objects.select_related("thread__org", "reply_to").get(pk=pk)
+    return message, build_request(message)
 
 
 def build_request(message: Message) -> ChatRequest:
@@ -183,12 +239,17 @@ def events_from_row(message: Message) -> list[dict[str, Any]]:
 
 
 class Generation:
-    def __init__(self, message_pk: int, code: str) -> None:
-        self.message_pk = message_pk
-        self.code = code
+    def __init__(self, message: Message, request: ChatRequest | None = None) -> None:
+        self.message = message
+        self.message_pk = message.pk
+        self.code = str(message.code)
+        self.request = request
         self.layer = _layer()
+        # Other processes (a shared layer) may follow or cancel this reply through the layer.
+        self.remote = not isinstance(self.layer, InMemoryChannelLayer)
         self.seq = 0
         self.events: list[dict[str, Any]] = []
+        self.listeners: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self.sent_text: list[str] = []
         self.sent_reasoning: list[str] = []
@@ -204,6 +265,8 @@ class Generation:
         self.queued = False
         self.continued_by = ""
         self.cancelled = False
+        self.ended = False
+        self.stream_task: asyncio.Task[tuple[str, str]] | None = None
         self.frame_interval = settings.STREAM_FRAME_INTERVAL_MS / 1000
         self.save_interval = settings.STREAM_SAVE_INTERVAL_S
         self.last_frame = 0.0
@@ -218,27 +281,42 @@ class Generation:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        # Listen first, so a cancel or snapshot request sent right after start() is heard.
-        control_channel = await self.layer.new_channel()
-        await self.layer.group_add(reply_group(self.code), control_channel)
-        message = await Message.objects.select_related("thread__org", "reply_to").aget(
-            pk=self.message_pk
-        )
-        self.message = message
-        self.group = thread_group(message.thread.code)
+        control: asyncio.Task[None] | None = None
+        control_channel = ""
+        if self.remote:
+            # Listen first, so a cancel or snapshot request from another process sent right
+            # after start() is heard.
+            control_channel = await self.layer.new_channel()
+            await self.layer.group_add(reply_group(self.code), control_channel)
+            control = asyncio.create_task(self._control_loop(control_channel))
+        if self.request is None:
+            self.message, self.request = await sync_to_async(_load)(self.message_pk)
+            self.cancelled = self.message.cancel_requested
+        elif self.remote:
+            # A cancel from another process that came before we listened is in the durable
+            # flag (read after joining the group, so none can fall between the two).
+            self.cancelled = await Message.objects.filter(
+                pk=self.message_pk, cancel_requested=True
+            ).aexists()
+        self.group = thread_group(self.message.thread.code)
         sender = asyncio.create_task(self._send_loop())
-        control = asyncio.create_task(self._control_loop(control_channel))
         ticker = asyncio.create_task(self._heartbeat_loop())
         try:
             with metrics.track_stream():
-                await self._drive(message)
+                await self._drive(self.message)
         finally:
             self._leave_queue()
             ticker.cancel()
-            control.cancel()
+            if control is not None:
+                control.cancel()
             self.outbox.put_nowait(None)
+            # Followers in this process stop here even if `done` was never sent (shutdown).
+            self.ended = True
+            for queue in self.listeners:
+                queue.put_nowait(None)
             await sender
-            await self.layer.group_discard(reply_group(self.code), control_channel)
+            if control is not None:
+                await self.layer.group_discard(reply_group(self.code), control_channel)
 
     async def _drive(self, message: Message) -> None:
         try:
@@ -251,10 +329,7 @@ class Generation:
                     "model": message.requested_model,
                 },
             )
-            # A cancel that arrived before we listened is in the durable flag (the row was
-            # read after we joined the group, so no cancel can fall between the two).
-            if message.cancel_requested:
-                self.cancelled = True
+            if self.cancelled:
                 status, error = Message.Status.CANCELLED, ""
             else:
                 self.stream_task = asyncio.create_task(self._stream())
@@ -266,14 +341,14 @@ class Generation:
 
     async def _stream(self) -> tuple[str, str]:
         """Run the provider policy; return (final status, error text)."""
-        request = self.request = await _abuild_request(self.message)
+        assert self.request is not None
         org = self.message.thread.org
         chain = await policy.default_chain(
             self.message.requested_provider, self.message.requested_model, org.fallback_list()
         )
         try:
             async for event in policy.run_chain(
-                request, chain, self.attempts, continue_partial=org.continue_partial
+                self.request, chain, self.attempts, continue_partial=org.continue_partial
             ):
                 self._on_event(event)
         except asyncio.CancelledError:
@@ -353,17 +428,31 @@ class Generation:
             else:
                 self._save_soon(status=Message.Status.STREAMING)
 
-    def _emit(self, name: str, data: dict[str, Any]) -> None:
-        self.seq += 1
-        event = {
+    def _event(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
+        """The next event, not yet published (events are never changed once built)."""
+        return {
             "type": REPLY_EVENT,
             "message": self.code,
-            "seq": self.seq,
+            "seq": self.seq + 1,
             "event": name,
             "data": data,
         }
+
+    def _emit(self, name: str, data: dict[str, Any]) -> None:
+        self._publish(self._event(name, data))
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        """Hand `event` to followers in this process at once, and to the thread's group
+        (WebSocket consumers, other processes) when anyone there listens."""
+        assert event["seq"] == self.seq + 1, "events are published in order"
+        self.seq = event["seq"]
         self.events.append(event)
-        self.outbox.put_nowait(event)
+        for queue in self.listeners:
+            queue.put_nowait(event)
+        if self.first_frame_at is None and event["event"] == "delta" and self.listeners:
+            self.first_frame_at = time.perf_counter()
+        if self.remote or _has_members(self.layer, self.group):
+            self.outbox.put_nowait(event)
 
     async def _send_loop(self) -> None:
         # One sender keeps frames in order without making the stream wait for the layer.
@@ -375,21 +464,60 @@ class Generation:
             except Exception:
                 log.exception("could not publish a frame of reply %s", self.code)
 
-    # --- control ------------------------------------------------------------------------
+    # --- followers and control in this process ------------------------------------------------
+
+    async def follow(self, after_seq: int) -> AsyncIterator[dict[str, Any]]:
+        """The events after `after_seq`, then live ones, to `done` (None: ended without)."""
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        # Snapshot and subscription in one step of the loop: nothing falls between them.
+        backlog = [e for e in self.events if e["seq"] > after_seq]
+        self.listeners.add(queue)
+        try:
+            for event in backlog:
+                yield event
+                if event["event"] == "done":
+                    return
+            if self.ended:
+                return
+            while (event := await queue.get()) is not None:
+                yield event
+                if event["event"] == "done":
+                    return
+        finally:
+            self.listeners.discard(queue)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"type": "reply.snapshot_result", "message": self.code, "events": list(self.events)}
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.stream_task is not None and not self.stream_task.done():
+            self.stream_task.cancel()
+
+    async def stop(self) -> str:
+        """Cancel and wait for `done` (at most CANCEL_WAIT_S); return the final status."""
+        events = self.follow(0)
+        self.cancel()
+        try:
+            async with asyncio.timeout(CANCEL_WAIT_S):
+                async for event in events:
+                    if event["event"] == "done":
+                        return str(event["data"]["status"])
+        except TimeoutError:
+            pass
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+        return (await Message.objects.aget(pk=self.message_pk)).status
+
+    # --- control from other processes ---------------------------------------------------
 
     async def _control_loop(self, channel: str) -> None:
         while True:
             msg = await self.layer.receive(channel)
             if msg.get("type") == "reply.cancel":
-                self.cancelled = True
-                task = getattr(self, "stream_task", None)
-                if task is not None and not task.done():
-                    task.cancel()
+                self.cancel()
             elif msg.get("type") == "reply.snapshot":
-                await self.layer.send(
-                    msg["reply_channel"],
-                    {"type": "reply.snapshot_result", "message": self.code, "events": self.events},
-                )
+                await self.layer.send(msg["reply_channel"], self.snapshot())
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -436,10 +564,6 @@ class Generation:
         elif status == Message.Status.FAILED:
             self.finish_reason = "error"
         usage = self._final_usage(text)
-        # The catalog may read the database (its cache expired): never on the loop.
-        cost, priced, vendor_cost = await sync_to_async(_costs)(
-            self.attempts, usage, self.answering
-        )
         now = timezone.now()
         message = self.message
         message.status = status
@@ -457,17 +581,33 @@ class Generation:
             message.total_tokens = usage.total_tokens
             message.reasoning_tokens = usage.reasoning_tokens
             message.tokens_estimated = usage.estimated
-        message.cost_usd, message.priced, message.vendor_cost_usd = cost, priced, vendor_cost
         message.ttft_ms = self.ttft_ms
         message.latency_ms = round((time.perf_counter() - self.t0) * 1000)
         message.finished = message.updated = message.heartbeat = now
-        await message.asave()
-        await Thread.objects.filter(pk=message.thread_id).aupdate(updated=now)
-        await _record_telemetry(message, self.attempts, self._timings(message.latency_ms))
-        done = done_payload(message)
-        done.update(warnings=self.warnings, continued_by=self.continued_by or None)
-        self._emit("done", done)
-        await cache.aset(_events_cache_key(self.code), self.events, EVENTS_CACHE_S)
+        timings = self._timings(message.latency_ms)
+        # One trip to a worker thread for everything the end of a reply writes.
+        done, calls = await sync_to_async(self._save_final)(usage, timings)
+        self._publish(done)
+        count_calls(calls, message)
+
+    def _save_final(
+        self, usage: Usage | None, timings: ReplyTimings
+    ) -> tuple[dict[str, Any], list[Any]]:
+        """Price the reply, save it, record its attempts and cache its events (sync ORM);
+        return the `done` event to publish once all of that is stored."""
+        message = self.message
+        # The catalog may read the database here (its cache expired): never on the loop.
+        message.cost_usd, message.priced, message.vendor_cost_usd = _costs(
+            self.attempts, usage, self.answering
+        )
+        message.save(update_fields=FINAL_FIELDS)
+        Thread.objects.filter(pk=message.thread_id).update(updated=message.finished)
+        calls = _record_telemetry(message, self.attempts, timings)
+        data = done_payload(message)
+        data.update(warnings=self.warnings, continued_by=self.continued_by or None)
+        done = self._event("done", data)
+        cache.set(_events_cache_key(self.code), [*self.events, done], EVENTS_CACHE_S)
+        return done, calls
 
     def _leave_queue(self) -> None:
         if self.queued:
@@ -516,10 +656,6 @@ class Generation:
         return usage
 
 
-async def _abuild_request(message: Message) -> ChatRequest:
-    return await sync_to_async(build_request)(message)
-
-
 def _costs(
     attempts: list[policy.Attempt], usage: Usage | None, answering: policy.Answering | None
 ) -> tuple[Decimal | None, bool, Decimal | None]:
@@ -552,14 +688,15 @@ def _costs(
     return (total if priced else None), priced, vendor
 
 
-async def _record_telemetry(
+def _record_telemetry(
     message: Message, attempts: list[policy.Attempt], timings: ReplyTimings
-) -> None:
+) -> list[Any]:
     # Telemetry never breaks chat: the recorder swallows its own errors, and so do we.
     try:
-        await arecord_attempts(message, attempts, timings)
+        return record_attempts(message, attempts, timings)
     except Exception:
         log.exception("telemetry for reply %s was not recorded", message.code)
+        return []
 
 
 # --- following a reply (SSE, blocking API) ------------------------------------------------
@@ -574,8 +711,14 @@ async def follow(message: Message, after_seq: int = 0) -> AsyncIterator[dict[str
     3. If nobody answers, the row decides: finished, still fresh (ask again), or orphaned
        by a dead process (ended as interrupted).
     """
-    layer = _layer()
     code = str(message.code)
+    generation = _local.get(code)
+    if generation is not None:
+        # Running in this process: straight from the generation, no layer, no snapshot trip.
+        async for event in generation.follow(after_seq):
+            yield event
+        return
+    layer = _layer()
     channel = await layer.new_channel()
     group = thread_group(message.thread.code)
     await layer.group_add(group, channel)
@@ -639,8 +782,23 @@ async def _finished_events(message: Message) -> list[dict[str, Any]]:
     return cached if cached else events_from_row(message)
 
 
+async def request_snapshot(message_code: object, reply_channel: str) -> None:
+    """Ask a running generation to send its state to `reply_channel`."""
+    layer = _layer()
+    generation = _local.get(str(message_code))
+    if generation is not None:
+        await layer.send(reply_channel, generation.snapshot())
+        return
+    await layer.group_send(
+        reply_group(message_code), {"type": "reply.snapshot", "reply_channel": reply_channel}
+    )
+
+
 async def cancel(message: Message) -> str:
     """Stop a reply from anywhere; return its status once it has stopped (or its final one)."""
+    generation = _local.get(str(message.code))
+    if generation is not None:
+        return await generation.stop()
     updated = await Message.objects.filter(pk=message.pk, status__in=Message.ACTIVE).aupdate(
         cancel_requested=True
     )
@@ -652,7 +810,7 @@ async def cancel(message: Message) -> str:
     await layer.group_add(group, channel)
     code = str(message.code)
     try:
-        await send_cancel(code)
+        await layer.group_send(reply_group(code), {"type": "reply.cancel"})
         deadline = time.perf_counter() + CANCEL_WAIT_S
         while (left := deadline - time.perf_counter()) > 0:
             try:

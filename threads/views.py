@@ -19,6 +19,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
 from providers import catalog
+from providers.base import ChatRequest
 from providers.registry import get_provider
 from telemetry.budgets import budget_status
 
@@ -157,6 +158,8 @@ class _Send:
     user_message: Message | None = None
     reply: Message | None = None
     created: bool = False
+    request: ChatRequest | None = None  # what a new reply's generation starts from
+    response: HttpResponse | None = None
 
 
 def _save_send(request: HtmxHttpRequest, code: uuid.UUID) -> _Send:
@@ -204,17 +207,25 @@ async def send(request: HtmxHttpRequest, code: uuid.UUID) -> HttpResponse:
     """Save the person's message first, answer with it and a skeleton, then generate."""
     # Shielded: a person who closes the tab mid-request must not leave a saved turn
     # that never starts.
-    sent = await asyncio.shield(_save_and_start(_save_send, request, code))
-    return await sync_to_async(_send_response)(request, sent)
+    return await asyncio.shield(_save_and_start(_save_send, request, code))
 
 
 async def _save_and_start(
     save: Callable[[HtmxHttpRequest, uuid.UUID], _Send], request: HtmxHttpRequest, code: uuid.UUID
-) -> _Send:
-    sent = await sync_to_async(save)(request, code)
+) -> HttpResponse:
+    def save_and_render() -> _Send:
+        # One trip to a worker thread: save the turn, prepare its reply, render the answer.
+        sent = save(request, code)
+        if sent.created and sent.reply is not None:
+            sent.request = replies.prepare(sent.reply)
+        sent.response = _send_response(request, sent)
+        return sent
+
+    sent = await sync_to_async(save_and_render)()
     if sent.created and sent.reply is not None:
-        replies.start(sent.reply)
-    return sent
+        replies.start(sent.reply, sent.request)
+    assert sent.response is not None
+    return sent.response
 
 
 @require_POST
@@ -308,5 +319,4 @@ def _save_regenerate(request: HtmxHttpRequest, code: uuid.UUID) -> _Send:
 @require_POST
 @login_required
 async def regenerate(request: HtmxHttpRequest, code: uuid.UUID) -> HttpResponse:
-    sent = await asyncio.shield(_save_and_start(_save_regenerate, request, code))
-    return await sync_to_async(_send_response)(request, sent)
+    return await asyncio.shield(_save_and_start(_save_regenerate, request, code))

@@ -129,7 +129,7 @@ async def test_it_counts_the_attempts_for_prometheus(reply):
 
 async def test_database_errors_never_reach_the_reply(reply, caplog):
     with mock.patch.object(
-        ProviderCall.objects, "abulk_create", side_effect=RuntimeError("db down")
+        ProviderCall.objects, "bulk_create", side_effect=RuntimeError("db down")
     ):
         await arecord_attempts(reply, [_attempt("gpt-4o", 1)], TIMINGS)
     assert "could not record" in caplog.text
