@@ -50,6 +50,9 @@ def budget_status(org: Organization) -> BudgetStatus:
 
 def budget_refusal(org: Organization) -> str:
     """Why a new message must be refused, for a person to read; "" when it may be sent."""
+    # Without a budget nothing is refused: skip summing the month's spend (every send asks).
+    if not Budget.objects.filter(org=org).exists():
+        return ""
     status = budget_status(org)
     if status.level != "over":
         return ""

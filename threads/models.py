@@ -282,10 +282,8 @@ def add_exchange(
     """
     from django.db import IntegrityError, transaction
 
-    if client_id:
-        existing = _existing_exchange(thread, client_id)
-        if existing is not None:
-            return (*existing, False)
+    # A repeated client_id is found by the unique constraint, not by a query before every
+    # insert: repeats are rare, sends are not.
     try:
         with transaction.atomic():
             now = timezone.now()
@@ -315,8 +313,8 @@ def add_exchange(
             for name, value in fields.items():
                 setattr(thread, name, value)
     except IntegrityError:
-        # The same client id raced us: the other request's pair wins.
-        existing = _existing_exchange(thread, client_id)
+        # This client id was used before (a double submit, a retry): that pair wins.
+        existing = _existing_exchange(thread, client_id) if client_id else None
         if existing is None:
             raise
         return (*existing, False)

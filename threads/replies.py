@@ -600,8 +600,8 @@ class Generation:
         message.cost_usd, message.priced, message.vendor_cost_usd = _costs(
             self.attempts, usage, self.answering
         )
+        # The thread's `updated` (the sidebar's order) was bumped when the turn was sent.
         message.save(update_fields=FINAL_FIELDS)
-        Thread.objects.filter(pk=message.thread_id).update(updated=message.finished)
         calls = _record_telemetry(message, self.attempts, timings)
         data = done_payload(message)
         data.update(warnings=self.warnings, continued_by=self.continued_by or None)

@@ -2,20 +2,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
+import pytest
 
-from providers.sse import SSEDecoder, SSEEvent, iter_sse
+from providers.sse import LineSplitter, SSEDecoder, SSEEvent, iter_sse
 
 
 async def _decode_bytes(*chunks: bytes) -> list[SSEEvent]:
-    """Decode raw network chunks the way adapters do: httpx splits lines, we frame events."""
+    """Decode raw network reads the way adapters do."""
 
-    async def body() -> AsyncIterator[bytes]:
+    async def reads() -> AsyncIterator[bytes]:
         for chunk in chunks:
             yield chunk
 
-    response = httpx.Response(200, content=body())
-    return [event async for event in iter_sse(response.aiter_lines())]
+    return [event async for event in iter_sse(reads())]
 
 
 async def test_it_frames_lf_events():
@@ -44,3 +43,42 @@ async def test_it_joins_multi_line_data():
 async def test_it_drops_an_unterminated_event_at_eof():
     events = await _decode_bytes(b'data: whole\n\ndata: {"half')
     assert events == [SSEEvent("whole")]
+
+
+async def test_a_lone_cr_ends_a_line_even_at_the_end_of_a_read():
+    events = await _decode_bytes(b"data: one\r", b"\rdata: two\r\r")
+    assert events == [SSEEvent("one"), SSEEvent("two")]
+
+
+async def test_a_multibyte_character_split_across_reads_is_whole():
+    text = "Grüße, 世界".encode()
+    events = await _decode_bytes(b"data: " + text[:3], text[3:9], text[9:] + b"\n\n")
+    assert events == [SSEEvent("Grüße, 世界")]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7])
+async def test_any_split_of_the_bytes_gives_the_same_events(size):
+    body = b'event: a\r\ndata: {"x":1}\r\n\r\n: ping\n\ndata: two\ndata: lines\n\n'
+    chunks = [body[i : i + size] for i in range(0, len(body), size)]
+    assert await _decode_bytes(*chunks) == [
+        SSEEvent('{"x":1}', event="a"),
+        SSEEvent("two\nlines"),
+    ]
+
+
+def test_the_splitter_holds_an_unfinished_line():
+    splitter = LineSplitter()
+    assert splitter.feed(b"data: par") == []
+    assert splitter.feed(b"tial\nnext") == ["data: partial"]
+    assert splitter.close() == []
+
+
+async def test_before_read_can_end_the_stream():
+    def stop() -> None:
+        raise RuntimeError("too long")
+
+    async def reads() -> AsyncIterator[bytes]:
+        yield b"data: x\n\n"
+
+    with pytest.raises(RuntimeError, match="too long"):
+        [event async for event in iter_sse(reads(), stop)]
