@@ -62,7 +62,18 @@ def database_from_url(url: str) -> dict[str, object]:
     if parsed.scheme not in ("postgres", "postgresql"):
         raise ImproperlyConfigured(f"DATABASE_URL: unsupported scheme {parsed.scheme!r}")
     query = parse_qs(parsed.query)
-    options: dict[str, object] = {"pool": False}
+    # Under ASGI every request runs its ORM calls on a thread of its own, so "persistent"
+    # connections (CONN_MAX_AGE) are one per request and pile up past max_connections under
+    # load. A pool hands them out and takes them back (Django's advice for ASGI).
+    pool_max = env_int("DB_POOL_MAX_SIZE", 20)
+    pool: dict[str, object] | bool = False
+    if pool_max > 0:
+        pool = {
+            "min_size": min(env_int("DB_POOL_MIN_SIZE", 2), pool_max),
+            "max_size": pool_max,
+            "timeout": env_float("DB_POOL_TIMEOUT_S", 10.0),
+        }
+    options: dict[str, object] = {"pool": pool}
     if "sslmode" in query:
         options["sslmode"] = query["sslmode"][0]
     return {
@@ -72,7 +83,8 @@ def database_from_url(url: str) -> dict[str, object]:
         "PASSWORD": unquote(parsed.password or ""),
         "HOST": parsed.hostname or "",
         "PORT": str(parsed.port or ""),
-        "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 60),
+        # With the pool a closed connection goes back to it; without, DB_CONN_MAX_AGE applies.
+        "CONN_MAX_AGE": 0 if pool else env_int("DB_CONN_MAX_AGE", 60),
         "CONN_HEALTH_CHECKS": True,
         "OPTIONS": options,
     }

@@ -19,6 +19,7 @@ from django.utils import timezone
 from ninja import Field, Router, Schema, Status
 from ninja.security import HttpBearer
 
+from chatproject.db import database_sync_to_async
 from providers import catalog
 from providers.base import ChatRequest
 from providers.registry import get_provider
@@ -394,7 +395,7 @@ async def send_message(
     request: HttpRequest, thread_id: uuid.UUID, payload: SendIn
 ) -> dict[str, Any]:
     """Send a message and wait for the whole reply."""
-    sent = await sync_to_async(_save_send)(request.auth, thread_id, payload)
+    sent = await database_sync_to_async(_save_send)(request.auth, thread_id, payload)
     if sent.created:
         replies.start(sent.reply, sent.request)
     async for _event in replies.follow(sent.reply):
@@ -410,7 +411,7 @@ async def stream_message(
 
     A repeated client_id attaches to the existing reply; `Last-Event-ID` resumes after it.
     """
-    sent = await sync_to_async(_save_send)(request.auth, thread_id, payload)
+    sent = await database_sync_to_async(_save_send)(request.auth, thread_id, payload)
     if sent.created:
         replies.start(sent.reply, sent.request)
     reply = sent.reply

@@ -26,9 +26,10 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import BaseCache, caches
 from django.utils import timezone
 
+from chatproject.db import database_sync_to_async
 from providers import catalog, policy
 from providers.base import (
     ChatRequest,
@@ -91,6 +92,27 @@ def _has_members(layer: BaseChannelLayer, group: str) -> bool:
     """Whether a group of the in-memory layer has anyone in it (other layers: assume so)."""
     groups = getattr(layer, "groups", None)
     return True if groups is None else bool(groups.get(group))
+
+
+async def _group_size(layer: BaseChannelLayer, group: str) -> int | None:
+    """Members of a group of the Redis layer (None: a layer that cannot tell)."""
+    group_key = getattr(layer, "_group_key", None)
+    if group_key is None:
+        return None
+    connection = layer.connection(layer.consistent_hash(group))  # type: ignore[attr-defined]
+    return int(await connection.zcard(group_key(group)))
+
+
+def _events_cache() -> BaseCache:
+    """One cache client for the process. `django.core.cache.cache` is per context, and each
+    generation runs in a fresh context: with Redis that was a new connection pool per reply."""
+    global _cache
+    if _cache is None:
+        _cache = caches.create_connection("default")
+    return _cache
+
+
+_cache: BaseCache | None = None
 
 
 def _layer() -> BaseChannelLayer:
@@ -158,6 +180,17 @@ def prepare(message: Message) -> ChatRequest:
     organisation loaded on `message`, so the generation reads nothing more before it streams.
     """
     return build_request(message)
+
+
+@database_sync_to_async
+def _update_active(pk: int, fields: dict[str, Any]) -> int:
+    """Save fields of a reply that is still active (a finished row is never overwritten).
+
+    Generations run their ORM calls on one shared thread for as long as the process lives;
+    channels' database_sync_to_async closes that thread's connection around each call, so a
+    pooled connection goes back to the pool and a broken one is replaced.
+    """
+    return Message.objects.filter(pk=pk, status__in=Message.ACTIVE).update(**fields)
 
 
 def _load(pk: int) -> tuple[Message, ChatRequest]:
@@ -266,6 +299,7 @@ class Generation:
         self.continued_by = ""
         self.cancelled = False
         self.ended = False
+        self.listened = False  # (shared layer) someone follows this reply through the group
         self.stream_task: asyncio.Task[tuple[str, str]] | None = None
         self.frame_interval = settings.STREAM_FRAME_INTERVAL_MS / 1000
         self.save_interval = settings.STREAM_SAVE_INTERVAL_S
@@ -290,15 +324,20 @@ class Generation:
             await self.layer.group_add(reply_group(self.code), control_channel)
             control = asyncio.create_task(self._control_loop(control_channel))
         if self.request is None:
-            self.message, self.request = await sync_to_async(_load)(self.message_pk)
+            self.message, self.request = await database_sync_to_async(_load)(self.message_pk)
             self.cancelled = self.message.cancel_requested
         elif self.remote:
             # A cancel from another process that came before we listened is in the durable
             # flag (read after joining the group, so none can fall between the two).
-            self.cancelled = await Message.objects.filter(
-                pk=self.message_pk, cancel_requested=True
-            ).aexists()
+            self.cancelled = await database_sync_to_async(
+                Message.objects.filter(pk=self.message_pk, cancel_requested=True).exists
+            )()
         self.group = thread_group(self.message.thread.code)
+        if self.remote:
+            # Publish to the group only if someone is in it: sockets open on the thread now.
+            # Anyone joining later asks for a snapshot first, which turns publishing on.
+            size = await _group_size(self.layer, self.group)
+            self.listened = self.listened or size is None or size > 0
         sender = asyncio.create_task(self._send_loop())
         ticker = asyncio.create_task(self._heartbeat_loop())
         try:
@@ -451,7 +490,7 @@ class Generation:
             queue.put_nowait(event)
         if self.first_frame_at is None and event["event"] == "delta" and self.listeners:
             self.first_frame_at = time.perf_counter()
-        if self.remote or _has_members(self.layer, self.group):
+        if self.listened if self.remote else _has_members(self.layer, self.group):
             self.outbox.put_nowait(event)
 
     async def _send_loop(self) -> None:
@@ -487,6 +526,8 @@ class Generation:
             self.listeners.discard(queue)
 
     def snapshot(self) -> dict[str, Any]:
+        # Whoever asks has joined the thread's group and takes live events from there on.
+        self.listened = True
         return {"type": "reply.snapshot_result", "message": self.code, "events": list(self.events)}
 
     def cancel(self) -> None:
@@ -522,7 +563,7 @@ class Generation:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_S)
-            await Message.objects.filter(pk=self.message_pk).aupdate(heartbeat=timezone.now())
+            await _update_active(self.message_pk, {"heartbeat": timezone.now()})
 
     # --- saves --------------------------------------------------------------------------
 
@@ -547,9 +588,7 @@ class Generation:
 
     async def _save(self, fields: dict[str, Any]) -> None:
         try:
-            await Message.objects.filter(pk=self.message_pk, status__in=Message.ACTIVE).aupdate(
-                **fields
-            )
+            await _update_active(self.message_pk, fields)
         except Exception:
             log.exception("could not save the partial reply %s", self.code)
 
@@ -586,7 +625,7 @@ class Generation:
         message.finished = message.updated = message.heartbeat = now
         timings = self._timings(message.latency_ms)
         # One trip to a worker thread for everything the end of a reply writes.
-        done, calls = await sync_to_async(self._save_final)(usage, timings)
+        done, calls = await database_sync_to_async(self._save_final)(usage, timings)
         self._publish(done)
         count_calls(calls, message)
 
@@ -606,7 +645,7 @@ class Generation:
         data = done_payload(message)
         data.update(warnings=self.warnings, continued_by=self.continued_by or None)
         done = self._event("done", data)
-        cache.set(_events_cache_key(self.code), [*self.events, done], EVENTS_CACHE_S)
+        _events_cache().set(_events_cache_key(self.code), [*self.events, done], EVENTS_CACHE_S)
         return done, calls
 
     def _leave_queue(self) -> None:
@@ -778,7 +817,7 @@ async def _settle_orphan(pk: int) -> Message:
 
 
 async def _finished_events(message: Message) -> list[dict[str, Any]]:
-    cached = await cache.aget(_events_cache_key(message.code))
+    cached = await _events_cache().aget(_events_cache_key(message.code))
     return cached if cached else events_from_row(message)
 
 

@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
+from chatproject.db import database_sync_to_async
 from providers import catalog
 from providers.base import ChatRequest
 from providers.registry import get_provider
@@ -221,7 +222,8 @@ async def _save_and_start(
         sent.response = _send_response(request, sent)
         return sent
 
-    sent = await sync_to_async(save_and_render)()
+    # database_sync_to_async: the connection goes back (to the pool) before the reply runs.
+    sent = await database_sync_to_async(save_and_render)()
     if sent.created and sent.reply is not None:
         replies.start(sent.reply, sent.request)
     assert sent.response is not None
