@@ -6,8 +6,8 @@
 3. Text deltas are coalesced into frames (the first at once, then at most one per
    STREAM_FRAME_INTERVAL_MS) and published to the thread group; every listener (WebSocket
    consumers, SSE responses, a blocking API call) renders them.
-4. The message row is saved in batches (first token, every STREAM_SAVE_INTERVAL_S, end),
-   never per token; the heartbeat rides on those saves and on a slow ticker.
+4. The message row is saved in batches (every STREAM_SAVE_INTERVAL_S while text flows, and
+   at the end), never per token; the heartbeat rides on those saves and on a slow ticker.
 5. At the end the buffered text goes out as a last delta, then `done`; the saved text is
    exactly the text that was sent.
 """
@@ -304,7 +304,9 @@ class Generation:
         self.frame_interval = settings.STREAM_FRAME_INTERVAL_MS / 1000
         self.save_interval = settings.STREAM_SAVE_INTERVAL_S
         self.last_frame = 0.0
-        self.last_save = 0.0
+        # The first partial save comes one interval after the start, not at the first token:
+        # a reply shorter than the interval is written once, at its end.
+        self.last_save = time.perf_counter()
         self.flush_handle: asyncio.TimerHandle | None = None
         self.save_task: asyncio.Task[None] | None = None
         self.t0 = time.perf_counter()
@@ -324,14 +326,13 @@ class Generation:
             await self.layer.group_add(reply_group(self.code), control_channel)
             control = asyncio.create_task(self._control_loop(control_channel))
         if self.request is None:
-            self.message, self.request = await database_sync_to_async(_load)(self.message_pk)
-            self.cancelled = self.message.cancel_requested
-        elif self.remote:
             # A cancel from another process that came before we listened is in the durable
             # flag (read after joining the group, so none can fall between the two).
-            self.cancelled = await database_sync_to_async(
-                Message.objects.filter(pk=self.message_pk, cancel_requested=True).exists
-            )()
+            self.message, self.request = await database_sync_to_async(_load)(self.message_pk)
+            self.cancelled = self.message.cancel_requested
+        # Otherwise the row was saved by this process just now, and its code has not left
+        # it yet: joining the group above was sent to Redis before any response that could
+        # tell a client (and so another process) which reply to cancel.
         self.group = thread_group(self.message.thread.code)
         if self.remote:
             # Publish to the group only if someone is in it: sockets open on the thread now.
@@ -462,10 +463,7 @@ class Generation:
             if first:
                 self.ttft_ms = round((time.perf_counter() - self.t0) * 1000)
             self._emit("delta", {"text": text})
-            if first:
-                self._save_soon(status=Message.Status.STREAMING, force=True)
-            else:
-                self._save_soon(status=Message.Status.STREAMING)
+            self._save_soon(status=Message.Status.STREAMING)
 
     def _event(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
         """The next event, not yet published (events are never changed once built)."""
@@ -567,12 +565,12 @@ class Generation:
 
     # --- saves --------------------------------------------------------------------------
 
-    def _save_soon(self, status: str, force: bool = False) -> None:
+    def _save_soon(self, status: str) -> None:
         """Batch the partial reply into the row: at most one save in flight, one per interval."""
         now = time.perf_counter()
         if self.save_task is not None and not self.save_task.done():
             return
-        if not force and now - self.last_save < self.save_interval:
+        if now - self.last_save < self.save_interval:
             return
         self.last_save = now
         fields: dict[str, Any] = {
