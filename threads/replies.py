@@ -299,7 +299,11 @@ class Generation:
         self.continued_by = ""
         self.cancelled = False
         self.ended = False
-        self.listened = False  # (shared layer) someone follows this reply through the group
+        # Shared layer: whether the thread's group has members (None: not known yet, so
+        # publish), and whether anyone asked for a snapshot (then it listens there).
+        self.group_members: bool | None = None
+        self.asked = False
+        self.control_channel = ""
         self.stream_task: asyncio.Task[tuple[str, str]] | None = None
         self.frame_interval = settings.STREAM_FRAME_INTERVAL_MS / 1000
         self.save_interval = settings.STREAM_SAVE_INTERVAL_S
@@ -318,27 +322,21 @@ class Generation:
 
     async def run(self) -> None:
         control: asyncio.Task[None] | None = None
-        control_channel = ""
-        if self.remote:
-            # Listen first, so a cancel or snapshot request from another process sent right
-            # after start() is heard.
-            control_channel = await self.layer.new_channel()
-            await self.layer.group_add(reply_group(self.code), control_channel)
-            control = asyncio.create_task(self._control_loop(control_channel))
         if self.request is None:
-            # A cancel from another process that came before we listened is in the durable
-            # flag (read after joining the group, so none can fall between the two).
+            if self.remote:
+                # Listen first, so that a cancel from another process is either heard or,
+                # if it came before, found in the durable flag read just after.
+                await self._join_control_group()
+                control = asyncio.create_task(self._control_loop())
             self.message, self.request = await database_sync_to_async(_load)(self.message_pk)
             self.cancelled = self.message.cancel_requested
-        # Otherwise the row was saved by this process just now, and its code has not left
-        # it yet: joining the group above was sent to Redis before any response that could
-        # tell a client (and so another process) which reply to cancel.
         self.group = thread_group(self.message.thread.code)
-        if self.remote:
-            # Publish to the group only if someone is in it: sockets open on the thread now.
-            # Anyone joining later asks for a snapshot first, which turns publishing on.
-            size = await _group_size(self.layer, self.group)
-            self.listened = self.listened or size is None or size > 0
+        if self.remote and control is None:
+            # The row was saved by this process just now and its code has not left it yet.
+            # Joining (first thing this task does) reaches Redis before any response that
+            # could tell a client, and so another process, what to cancel; the stream need
+            # not wait for it.
+            control = asyncio.create_task(self._control_loop(join=True))
         sender = asyncio.create_task(self._send_loop())
         ticker = asyncio.create_task(self._heartbeat_loop())
         try:
@@ -349,14 +347,15 @@ class Generation:
             ticker.cancel()
             if control is not None:
                 control.cancel()
+                await asyncio.gather(control, return_exceptions=True)
             self.outbox.put_nowait(None)
             # Followers in this process stop here even if `done` was never sent (shutdown).
             self.ended = True
             for queue in self.listeners:
                 queue.put_nowait(None)
             await sender
-            if control is not None:
-                await self.layer.group_discard(reply_group(self.code), control_channel)
+            if self.control_channel:
+                await self.layer.group_discard(reply_group(self.code), self.control_channel)
 
     async def _drive(self, message: Message) -> None:
         try:
@@ -488,8 +487,13 @@ class Generation:
             queue.put_nowait(event)
         if self.first_frame_at is None and event["event"] == "delta" and self.listeners:
             self.first_frame_at = time.perf_counter()
-        if self.listened if self.remote else _has_members(self.layer, self.group):
+        if self._group_listens():
             self.outbox.put_nowait(event)
+
+    def _group_listens(self) -> bool:
+        if not self.remote:
+            return _has_members(self.layer, self.group)
+        return self.asked or self.group_members is not False
 
     async def _send_loop(self) -> None:
         # One sender keeps frames in order without making the stream wait for the layer.
@@ -525,7 +529,7 @@ class Generation:
 
     def snapshot(self) -> dict[str, Any]:
         # Whoever asks has joined the thread's group and takes live events from there on.
-        self.listened = True
+        self.asked = True
         return {"type": "reply.snapshot_result", "message": self.code, "events": list(self.events)}
 
     def cancel(self) -> None:
@@ -550,9 +554,20 @@ class Generation:
 
     # --- control from other processes ---------------------------------------------------
 
-    async def _control_loop(self, channel: str) -> None:
+    async def _join_control_group(self) -> None:
+        channel = await self.layer.new_channel()
+        await self.layer.group_add(reply_group(self.code), channel)
+        self.control_channel = channel
+
+    async def _control_loop(self, join: bool = False) -> None:
+        if join:
+            await self._join_control_group()
+            # Publish to the thread's group only if someone is in it (sockets open on the
+            # thread now); anyone joining later asks for a snapshot first (see snapshot()).
+            size = await _group_size(self.layer, self.group)
+            self.group_members = size is None or size > 0
         while True:
-            msg = await self.layer.receive(channel)
+            msg = await self.layer.receive(self.control_channel)
             if msg.get("type") == "reply.cancel":
                 self.cancel()
             elif msg.get("type") == "reply.snapshot":
