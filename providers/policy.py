@@ -185,6 +185,9 @@ async def unusable_reason(target: Target) -> str:
     return provider.unavailable_reason()
 
 
+_skips_logged: set[tuple[Target, str]] = set()
+
+
 async def filter_chain(chain: Sequence[Target | str]) -> list[Target]:
     """The usable targets of `chain`, in order, without repeats."""
     seen: set[Target] = set()
@@ -200,7 +203,10 @@ async def filter_chain(chain: Sequence[Target | str]) -> list[Target]:
         seen.add(target)
         reason = await unusable_reason(target)
         if reason:
-            logger.info("Skipping fallback %s: %s", target, reason)
+            # Once per process and reason: this runs for every reply.
+            if (target, reason) not in _skips_logged:
+                _skips_logged.add((target, reason))
+                logger.info("Skipping fallback %s: %s (said once per process)", target, reason)
             continue
         usable.append(target)
     return usable
