@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -399,7 +399,7 @@ async def send_message(
     if sent.created:
         replies.start(sent.reply, sent.request)
     async for _event in replies.follow(sent.reply):
-        pass
+        pass  # to `done`
     return await sync_to_async(_reload_pair)(sent.user_message, sent.reply)
 
 
@@ -426,44 +426,29 @@ async def stream_message(
 
 
 async def _sse(reply: Message, after: int) -> AsyncIterator[bytes]:
-    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-
-    async def pump() -> None:
-        try:
-            async for event in replies.follow(reply, after):
-                queue.put_nowait(event)
-        except Exception:
-            log.exception("following reply %s failed", reply.code)
-        finally:
-            queue.put_nowait(None)
-
-    task = asyncio.create_task(pump())
     last = after
     try:
-        while True:
-            try:
-                event = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
-            except TimeoutError:
-                yield b": keep-alive\n\n"
-                continue
-            if event is None:
-                break
-            last = event["seq"]
-            yield sse_frame(event["event"], event["data"], event["seq"])
-            if event["event"] == "done":
-                return
-        # Following broke off before `done` (an error in this process): `done` is always
-        # the last event, so end with what the row says now.
-        message = await Message.objects.select_related("reply_to").aget(pk=reply.pk)
-        data = replies.done_payload(message)
-        yield sse_frame(
-            "error",
-            {"code": "stream_lost", "message": "Lost track of the reply; reload it to see it."},
-            last + 1,
-        )
-        yield sse_frame("done", data, last + 2)
-    finally:
-        task.cancel()
+        async with aclosing(replies.follow(reply, after, keepalive_s=KEEPALIVE_S)) as events:
+            async for event in events:
+                if event is None:
+                    yield b": keep-alive\n\n"
+                    continue
+                last = event["seq"]
+                yield sse_frame(event["event"], event["data"], event["seq"])
+                if event["event"] == "done":
+                    return
+    except Exception:
+        log.exception("following reply %s failed", reply.code)
+    # Following broke off before `done` (an error in this process): `done` is always the
+    # last event, so end with what the row says now.
+    message = await Message.objects.select_related("reply_to").aget(pk=reply.pk)
+    data = replies.done_payload(message)
+    yield sse_frame(
+        "error",
+        {"code": "stream_lost", "message": "Lost track of the reply; reload it to see it."},
+        last + 1,
+    )
+    yield sse_frame("done", data, last + 2)
 
 
 @router.post("/messages/{message_id}/cancel", response=CancelOut, auth=late_auth)

@@ -86,10 +86,10 @@ async def test_done_is_last_even_when_following_the_reply_breaks(api, monkeypatc
 
     follow = replies.follow
 
-    async def breaking_follow(message, after_seq=0):
-        async for event in follow(message, after_seq):
+    async def breaking_follow(message, after_seq=0, keepalive_s=None):
+        async for event in follow(message, after_seq, keepalive_s):
             yield event
-            if event["event"] == "delta":
+            if event is not None and event["event"] == "delta":
                 raise ConnectionError("the channel layer went away")
 
     monkeypatch.setattr(replies, "follow", breaking_follow)
@@ -103,3 +103,40 @@ async def test_done_is_last_even_when_following_the_reply_breaks(api, monkeypatc
     assert events[-2][2]["code"] == "stream_lost"
     ids = [i for i, _, _ in events]
     assert ids == sorted(set(ids))
+
+
+async def test_a_quiet_stream_sends_keep_alive_comments(api, settings, monkeypatch):
+    from threads import api as api_module
+
+    monkeypatch.setattr(api_module, "KEEPALIVE_S", 0.02)
+    settings.DEMO_TTFT_MS = 300  # quiet long enough for a few keep-alives before the text
+    client, thread = api
+    response = await client.post(
+        f"/api/threads/{thread.code}/messages/stream",
+        {"content": "Hello", "provider": "demo", "model": "demo-chat"},
+    )
+    raw = await read_stream(response)
+    assert raw.count(b": keep-alive\n\n") >= 2
+    assert [name for _, name, _ in parse_sse(raw)][-1] == "done"
+
+
+async def test_keepalives_through_the_layer_path_fill_pauses_and_pass_errors_on():
+    import asyncio
+
+    from threads.replies import _with_keepalives
+
+    release = asyncio.Event()
+
+    async def slow_then_broken():
+        yield {"event": "start"}
+        await release.wait()
+        yield {"event": "delta"}
+        raise ConnectionError("layer gone")
+
+    seen = []
+    with pytest.raises(ConnectionError, match="layer gone"):
+        async for event in _with_keepalives(slow_then_broken(), 0.01):
+            seen.append(event if event is None else event["event"])
+            if seen.count(None) == 2:
+                release.set()
+    assert seen[0] == "start" and seen[1:3] == [None, None] and seen[-1] == "delta"
