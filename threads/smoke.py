@@ -334,6 +334,9 @@ from django.core.management import call_command
 from threads.models import ApiKey, Organization
 call_command("migrate", verbosity=0)
 call_command("bootstrap_demo", verbosity=0)
+from django.conf import settings
+if not settings.DEBUG:  # production static storage serves only what was collected
+    call_command("collectstatic", "--noinput", verbosity=0)
 print(ApiKey.issue(Organization.objects.get(slug="demo-org"), "smoke")[1])
 """
 
@@ -681,21 +684,51 @@ class WebSocket:
             await self.writer.wait_closed()
 
 
-async def browser_session(url: str, username: str, password: str) -> httpx.AsyncClient:
-    """An httpx client logged in as the demo user (session and CSRF cookies set)."""
+# Production settings mark cookies Secure; a bench over plain HTTP says it came through a
+# TLS proxy (SECURE_PROXY_SSL_HEADER) and carries the cookies itself, as a browser would.
+PROXY_HEADERS = {"X-Forwarded-Proto": "https"}
+
+
+async def browser_session(
+    url: str, username: str, password: str, behind_tls_proxy: bool = False
+) -> httpx.AsyncClient:
+    """An httpx client logged in as `username` (session and CSRF cookies set).
+
+    `behind_tls_proxy`: for a server with DEBUG off, whose cookies are Secure (httpx keeps
+    those for https URLs): the client sends X-Forwarded-Proto and its own Cookie header.
+    """
     http = client()
-    http.headers["Referer"] = f"{url}/"
-    await http.get(f"{url}/accounts/login/")
-    csrf = http.cookies.get("csrftoken", "")
+    jar: dict[str, str] = {}
+    if behind_tls_proxy:
+        http.headers.update(PROXY_HEADERS)
+        http.headers["Referer"] = url.replace("http://", "https://", 1) + "/"
+    else:
+        http.headers["Referer"] = f"{url}/"
+
+    def keep(response: httpx.Response) -> None:
+        for header in response.headers.get_list("set-cookie"):
+            name, _, rest = header.partition("=")
+            jar[name.strip()] = rest.split(";", 1)[0]
+        if behind_tls_proxy:
+            http.headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in jar.items())
+
+    keep(await http.get(f"{url}/accounts/login/"))
+    csrf = jar.get("csrftoken", "")
     response = await http.post(
         f"{url}/accounts/login/",
         data={"username": username, "password": password, "csrfmiddlewaretoken": csrf},
     )
-    if response.status_code != 302 or "sessionid" not in http.cookies:
+    keep(response)
+    if response.status_code != 302 or "sessionid" not in jar:
         await http.aclose()
         raise CommandError(f"login as {username!r} failed ({response.status_code})")
-    http.headers["x-csrftoken"] = http.cookies.get("csrftoken", csrf)
+    http.headers["x-csrftoken"] = jar.get("csrftoken", csrf)
     return http
+
+
+def cookie_header(http: httpx.AsyncClient) -> str:
+    """The cookies `http` sends: its own Cookie header (behind_tls_proxy), else its jar."""
+    return http.headers.get("Cookie") or "; ".join(f"{k}={v}" for k, v in http.cookies.items())
 
 
 async def new_page_thread(http: httpx.AsyncClient, url: str) -> str:
@@ -715,10 +748,9 @@ async def stream_over_websocket(
     the final render of the reply (`<article ... hx-swap-oob="outerHTML"`).
     """
     result = StreamResult(thread_id=thread_id)
-    cookies = "; ".join(f"{k}={v}" for k, v in http.cookies.items())
     ws_url = url.replace("http://", "ws://") + f"/ws/threads/{thread_id}/"
     try:
-        ws = await WebSocket.connect(ws_url, {"Origin": url, "Cookie": cookies})
+        ws = await WebSocket.connect(ws_url, {"Origin": url, "Cookie": cookie_header(http)})
     except (OSError, ConnectionError) as exc:
         result.error = f"connect: {exc}"
         return result

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -47,6 +48,12 @@ class Command(smoke.SmokeCommand):
         parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/test")
         parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/7")
         parser.add_argument("--no-websocket", action="store_true", help="Skip the WebSocket path.")
+        parser.add_argument(
+            "--debug",
+            action="store_true",
+            help="Run the app with DEBUG on (the checkout's default) instead of production "
+            "settings (DEBUG off, as deployed).",
+        )
         parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
         parser.add_argument("--target-ttft-25-ms", type=float, default=10.0)
         parser.add_argument("--target-ttft-50-ms", type=float, default=25.0)
@@ -63,7 +70,7 @@ class Command(smoke.SmokeCommand):
         for backend in backends:
             with self._backend(backend, options) as (env, pg_url), smoke.FakeProvider() as fake:
                 fake.script()
-                with smoke.AppServer(env | fake.app_env()) as server:
+                with smoke.AppServer(env | fake.app_env() | _mode(options)) as server:
                     asyncio.run(self._bench(backend, server, fake, pg_url, levels, options, report))
         return self.emit(report, options["json"])
 
@@ -102,11 +109,13 @@ class Command(smoke.SmokeCommand):
     ) -> None:
         target = smoke.Target(server.url, server.api_key, *smoke.FAKE_MODEL)
         verbosity = options["verbosity"]
-        password = settings.DEMO_PASSWORD or "demo-password"
+        password = server.env.get("DEMO_PASSWORD") or "demo-password"
         async with smoke.client(limit=max(levels) * 2 + 10) as http:
             browser = None
             if not options["no_websocket"]:
-                browser = await smoke.browser_session(server.url, settings.DEMO_USER, password)
+                browser = await smoke.browser_session(
+                    server.url, settings.DEMO_USER, password, behind_tls_proxy=not options["debug"]
+                )
             try:
                 # Warm up: first requests pay for imports and connections.
                 for _ in range(2):
@@ -273,3 +282,17 @@ async def _pg_writes(url: str | None) -> int | None:
     async with conn:
         row = await (await conn.execute(PG_WRITES)).fetchone()
     return int(row[0]) if row else 0
+
+
+def _mode(options: dict[str, Any]) -> dict[str, str]:
+    """Production settings for the spawned app, unless --debug (plain HTTP on loopback: no
+    HTTPS redirect or HSTS; cookies stay Secure, the client copes)."""
+    if options["debug"]:
+        return {"DEBUG": "true"}
+    return {
+        "DEBUG": "false",
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "SECURE_SSL_REDIRECT": "false",
+        "SECURE_HSTS_SECONDS": "0",
+        "DEMO_PASSWORD": secrets.token_urlsafe(12),
+    }
