@@ -74,3 +74,20 @@ async def generations():
         await asyncio.wait_for(replies.wait_all(), 20)
     except TimeoutError:
         pytest.fail(f"replies still running after the test: {replies._running}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_worker_thread_connections(django_db_setup):
+    """Async tests run ORM calls on asgiref's shared thread (`aget()` and friends) and on
+    chatproject.db's threads; close their connections before the test database is dropped
+    (PostgreSQL refuses to drop a database in use): set up after it, so torn down before."""
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    from chatproject import db
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()
+    if db._executor is not None:
+        for _ in range(db.db_threads()):
+            db._executor.submit(connections.close_all).result()
