@@ -11,6 +11,7 @@ and only when, they will.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -22,6 +23,8 @@ from django.core import checks
 from django.http import HttpRequest, HttpResponseBase
 from django.middleware import clickjacking, common, csrf, security
 from django.utils.module_loading import import_string
+
+from .db import database_sync_to_async
 
 
 class _Inline:
@@ -61,7 +64,21 @@ class XFrameOptionsMiddleware(_Inline, clickjacking.XFrameOptionsMiddleware):
 
 
 class AuthenticationMiddleware(_Inline, auth.AuthenticationMiddleware):
-    pass  # request.user is lazy: loading it is the view's business
+    """request.user stays lazy; request.auser() (async views, login_required) loads the
+    session and the user in one call on the database threads, which hand the connection
+    back at once. Django's own version queries from the request's thread, which keeps its
+    connection until the response ends: async views that then waited for the database
+    threads could take the whole PostgreSQL pool and wait on each other until it timed out."""
+
+    def process_request(self, request: HttpRequest) -> None:
+        super().process_request(request)
+        request.auser = partial(_auser, request)  # type: ignore[attr-defined]
+
+
+async def _auser(request: HttpRequest) -> Any:
+    if not hasattr(request, "_acached_user"):
+        request._acached_user = await database_sync_to_async(auth.get_user)(request)  # type: ignore[attr-defined]
+    return request._acached_user  # type: ignore[attr-defined]
 
 
 class SessionMiddleware(_Inline, sessions.SessionMiddleware):

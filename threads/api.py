@@ -379,7 +379,7 @@ def _save_send(auth: Organization | KeyToCheck, thread_id: uuid.UUID, payload: S
         model=payload.model,
         client_id=payload.client_id or "",
     )
-    return _Sent(user_message, reply, created, replies.prepare(reply) if created else None)
+    return _Sent(user_message, reply, created, replies.build_request(reply) if created else None)
 
 
 def _reload_pair(user_message: Message, reply: Message) -> dict[str, Any]:

@@ -129,8 +129,9 @@ def _events_cache_key(code: object) -> str:
 def start(message: Message, request: ChatRequest | None = None) -> asyncio.Task[None]:
     """Start generating `message` (an assistant message in state queued) in this loop.
 
-    `request` is `prepare(message)`, made by the caller in the same trip to the database
-    that saved the message; without it the generation reads the row and builds it itself.
+    `request` is `build_request(message)`, made by the caller in the same trip to the
+    database that saved the message (with the thread and organisation loaded on `message`);
+    without it the generation reads the row and builds it itself.
     """
     generation = Generation(message, request)
     # A fresh context: the request's (and its per-request thread executor, which Django
@@ -176,20 +177,12 @@ async def wait_all() -> None:
         await asyncio.gather(*mine, return_exceptions=True)
 
 
-def prepare(message: Message) -> ChatRequest:
-    """What `start` needs besides the row (sync ORM): the conversation, with the thread and
-    organisation loaded on `message`, so the generation reads nothing more before it streams.
-    """
-    return build_request(message)
-
-
 @database_sync_to_async
 def _update_active(pk: int, fields: dict[str, Any]) -> int:
     """Save fields of a reply that is still active (a finished row is never overwritten).
 
-    Generations run their ORM calls on one shared thread for as long as the process lives;
-    channels' database_sync_to_async closes that thread's connection around each call, so a
-    pooled connection goes back to the pool and a broken one is replaced.
+    Generations outlive requests: chatproject.db's database_sync_to_async runs this on the
+    database threads and hands the connection back (to the pool) after each call.
     """
     return Message.objects.filter(pk=pk, status__in=Message.ACTIVE).update(**fields)
 

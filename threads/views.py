@@ -6,7 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import AbstractBaseUser
@@ -218,7 +217,7 @@ async def _save_and_start(
         # One trip to a worker thread: save the turn, prepare its reply, render the answer.
         sent = save(request, code)
         if sent.created and sent.reply is not None:
-            sent.request = replies.prepare(sent.reply)
+            sent.request = replies.build_request(sent.reply)
         sent.response = _send_response(request, sent)
         return sent
 
@@ -233,7 +232,7 @@ async def _save_and_start(
 @require_POST
 @login_required
 async def cancel(request: HtmxHttpRequest, code: uuid.UUID) -> HttpResponse:
-    message = await sync_to_async(get_message_for_user)(request, code)
+    message = await database_sync_to_async(get_message_for_user)(request, code)
     await replies.cancel(message)
     if not request.htmx:
         return redirect("threads:detail", code=message.thread.code)

@@ -73,3 +73,35 @@ def test_the_deploy_check_wants_the_security_middleware_or_a_subclass():
     with override_settings(MIDDLEWARE=["chatproject.middleware.SessionMiddleware"]):
         ids = [message.id for message in check_security_middleware()]
     assert ids == ["chatproject.W001", "chatproject.W002", "chatproject.W003"]
+
+
+async def test_auser_loads_the_user_on_the_database_threads(monkeypatch):
+    """Not on the request's thread, which would keep its pooled connection while the view
+    waits for the database threads (50 page sends at once took the whole pool)."""
+    import threading
+
+    from django.contrib.auth import middleware as django_auth
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.test import RequestFactory
+
+    from chatproject.middleware import AuthenticationMiddleware
+
+    threads = []
+    real_get_user = django_auth.get_user
+
+    def spying_get_user(request):
+        threads.append(threading.current_thread().name)
+        return real_get_user(request)
+
+    monkeypatch.setattr(django_auth, "get_user", spying_get_user)
+    request = RequestFactory().get("/")
+    request.session = SessionStore()
+
+    async def view(request):
+        return None
+
+    AuthenticationMiddleware(view).process_request(request)
+    user = await request.auser()
+    assert not user.is_authenticated
+    assert await request.auser() is user  # cached
+    assert len(threads) == 1 and threads[0].startswith("db_")
