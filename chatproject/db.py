@@ -9,7 +9,7 @@ transaction (the one a test case wraps around each test) it leaves them alone.
 
 How many threads: `DB_THREADS`; by default one for SQLite, which takes one writer at a time
 anyway (several threads would only queue on its lock, sleeping in its busy handler), and
-eight for PostgreSQL. Called from a sync caller's thread (async_to_sync, as Django's test
+four for PostgreSQL (more only queue longer for the GIL: measured with 2, 4 and 8). Called from a sync caller's thread (async_to_sync, as Django's test
 client does), `fn` runs on that thread, inside its transaction, as asgiref would run it.
 """
 
@@ -39,7 +39,7 @@ def db_threads() -> int:
     configured = getattr(settings, "DB_THREADS", 0)
     if configured:
         return configured
-    return 1 if connections["default"].vendor == "sqlite" else 8
+    return 1 if connections["default"].vendor == "sqlite" else 4
 
 
 def _db_executor() -> ThreadPoolExecutor:

@@ -176,7 +176,7 @@ else:
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Threads kept for the database calls of sends and replies (chatproject/db.py);
-# 0 = one for SQLite, eight for PostgreSQL.
+# 0 = one for SQLite, four for PostgreSQL.
 DB_THREADS = env_int("DB_THREADS", 0)
 
 REDIS_URL = env_str("REDIS_URL", "")
