@@ -9,8 +9,10 @@ transaction (the one a test case wraps around each test) it leaves them alone.
 
 How many threads: `DB_THREADS`; by default one for SQLite, which takes one writer at a time
 anyway (several threads would only queue on its lock, sleeping in its busy handler), and
-four for PostgreSQL (more only queue longer for the GIL: measured with 2, 4 and 8). Called from a sync caller's thread (async_to_sync, as Django's test
-client does), `fn` runs on that thread, inside its transaction, as asgiref would run it.
+four for PostgreSQL (more only queue longer for the GIL: measured with 2, 4 and 8).
+
+Called from a sync caller's thread (async_to_sync, as Django's test client does), `fn` runs
+on that thread, inside its transaction, as asgiref would run it.
 """
 
 from __future__ import annotations
