@@ -7,6 +7,7 @@ it, so a reload or a second tab sees the same stream.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -15,7 +16,7 @@ from django.template.loader import render_to_string
 
 from .events import thread_group
 from .models import Message, Thread
-from .replies import request_snapshot
+from .replies import attach_socket, detach_socket, request_snapshot
 from .tenancy import user_can_see_thread
 
 
@@ -34,13 +35,19 @@ class ThreadConsumer(AsyncWebsocketConsumer):
         self.group = thread_group(thread.code)
         # Replies this socket shows: message code -> last seq applied (None: awaiting snapshot).
         self.synced: dict[str, int | None] = {}
+        self.shown: set[str] = set()  # replies shown finished
+        # Messages come through the layer and, from generations in this process when the
+        # layer is shared, through an inbox: one at a time, so frames keep their order.
+        self.handling = asyncio.Lock()
         await self.channel_layer.group_add(self.group, self.channel_name)
+        self.local = attach_socket(self.group, self.channel_name, self._handle_local)
         await self.accept()
         for code in await _active_reply_codes(thread):
             self.synced[code] = None
             await request_snapshot(code, self.channel_name)
 
     async def disconnect(self, close_code: int) -> None:
+        detach_socket(getattr(self, "local", None))
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -48,7 +55,21 @@ class ThreadConsumer(AsyncWebsocketConsumer):
         # The page sends nothing over the socket: sending and stopping are plain POSTs.
         return
 
+    async def _handle_local(self, message: dict[str, Any]) -> None:
+        if message["type"] == "reply.snapshot_result":
+            await self.reply_snapshot_result(message)
+        else:
+            await self.reply_event(message)
+
     async def reply_snapshot_result(self, event: dict[str, Any]) -> None:
+        async with self.handling:
+            await self._apply_snapshot(event)
+
+    async def reply_event(self, event: dict[str, Any]) -> None:
+        async with self.handling:
+            await self._apply_event(event)
+
+    async def _apply_snapshot(self, event: dict[str, Any]) -> None:
         code = event["message"]
         if code not in self.synced or self.synced[code] is not None:
             return
@@ -65,9 +86,11 @@ class ThreadConsumer(AsyncWebsocketConsumer):
         message.status = Message.Status.STREAMING if state["text"] else Message.Status.QUEUED
         await self.send(text_data=_render_message(message, state, oob="outerHTML"))
 
-    async def reply_event(self, event: dict[str, Any]) -> None:
+    async def _apply_event(self, event: dict[str, Any]) -> None:
         code = event["message"]
         name = event["event"]
+        if code in self.shown:
+            return  # finished here; a late copy (the layer's, after the inbox's) changes nothing
         if code not in self.synced:
             if name != "start":
                 return
@@ -98,6 +121,7 @@ class ThreadConsumer(AsyncWebsocketConsumer):
 
     async def _send_final(self, code: str) -> None:
         self.synced.pop(code, None)
+        self.shown.add(code)
         message = await _get_message(self.thread, code)
         if message is not None:
             await self.send(text_data=_render_message(message, None, oob="outerHTML"))

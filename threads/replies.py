@@ -56,6 +56,53 @@ _running: set[asyncio.Task[None]] = set()
 # The generations this process runs, by message code: followers, cancels and snapshot
 # requests in this process talk to them directly instead of through the channel layer.
 _local: dict[str, Generation] = {}
+# With a shared (Redis) layer: this process's WebSocket consumers, by thread group and
+# channel name, so that generations here hand them their frames without a Redis round trip
+# (channels_redis receives one message per round trip per process, which fell seconds
+# behind at 50 sockets). Events reach a socket's inbox in order; its consumer drains it.
+_sockets: dict[str, dict[str, LocalSocket]] = {}
+_socket_channels: dict[str, LocalSocket] = {}
+
+
+class LocalSocket:
+    """A consumer's inbox for events from generations in this process (shared layer only)."""
+
+    def __init__(self, group: str, channel: str, handle: Any) -> None:
+        self.group = group
+        self.channel = channel
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.task = asyncio.create_task(self._drain(handle))
+
+    async def _drain(self, handle: Any) -> None:
+        while True:
+            message = await self.inbox.get()
+            try:
+                await handle(message)
+            except Exception:
+                log.exception("a socket could not show a frame of reply %s", message.get("message"))
+
+
+def attach_socket(group: str, channel: str, handle: Any) -> LocalSocket | None:
+    """Register a consumer of `group` whose `handle(message)` takes reply messages; None with
+    the in-memory layer, where the layer itself is already in-process."""
+    if isinstance(_layer(), InMemoryChannelLayer):
+        return None
+    socket = LocalSocket(group, channel, handle)
+    _sockets.setdefault(group, {})[channel] = socket
+    _socket_channels[channel] = socket
+    return socket
+
+
+def detach_socket(socket: LocalSocket | None) -> None:
+    if socket is None:
+        return
+    socket.task.cancel()
+    _socket_channels.pop(socket.channel, None)
+    members = _sockets.get(socket.group, {})
+    members.pop(socket.channel, None)
+    if not members:
+        _sockets.pop(socket.group, None)
+
 
 HEARTBEAT_S = 10.0
 SNAPSHOT_TIMEOUT_S = 2.0
@@ -321,16 +368,15 @@ class Generation:
                 # Listen first, so that a cancel from another process is either heard or,
                 # if it came before, found in the durable flag read just after.
                 await self._join_control_group()
-                control = asyncio.create_task(self._control_loop())
             self.message, self.request = await database_sync_to_async(_load)(self.message_pk)
             self.cancelled = self.message.cancel_requested
+        # Otherwise the row was saved by this process just now and its code has not left it
+        # yet: joining (the control task's first step) reaches Redis before any response
+        # that could tell a client, and so another process, what to cancel; the stream need
+        # not wait for it.
         self.group = thread_group(self.message.thread.code)
-        if self.remote and control is None:
-            # The row was saved by this process just now and its code has not left it yet.
-            # Joining (first thing this task does) reaches Redis before any response that
-            # could tell a client, and so another process, what to cancel; the stream need
-            # not wait for it.
-            control = asyncio.create_task(self._control_loop(join=True))
+        if self.remote:
+            control = asyncio.create_task(self._control_loop(join=not self.control_channel))
         sender = asyncio.create_task(self._send_loop())
         ticker = asyncio.create_task(self._heartbeat_loop())
         try:
@@ -479,6 +525,8 @@ class Generation:
         self.events.append(event)
         for queue in self.listeners:
             queue.put_nowait(event)
+        for socket in _sockets.get(self.group, {}).values():
+            socket.inbox.put_nowait(event)
         if self.first_frame_at is None and event["event"] == "delta" and self.listeners:
             self.first_frame_at = time.perf_counter()
         if self._group_listens():
@@ -531,9 +579,11 @@ class Generation:
         finally:
             self.listeners.discard(queue)
 
-    def snapshot(self) -> dict[str, Any]:
-        # Whoever asks has joined the thread's group and takes live events from there on.
-        self.asked = True
+    def snapshot(self, through_layer: bool = True) -> dict[str, Any]:
+        # Whoever asks through the layer has joined the thread's group and takes live events
+        # from there on (a socket of this process takes them from its inbox).
+        if through_layer:
+            self.asked = True
         return {"type": "reply.snapshot_result", "message": self.code, "events": list(self.events)}
 
     def cancel(self) -> None:
@@ -563,13 +613,14 @@ class Generation:
         await self.layer.group_add(reply_group(self.code), channel)
         self.control_channel = channel
 
-    async def _control_loop(self, join: bool = False) -> None:
+    async def _control_loop(self, join: bool) -> None:
         if join:
             await self._join_control_group()
-            # Publish to the thread's group only if someone is in it (sockets open on the
-            # thread now); anyone joining later asks for a snapshot first (see snapshot()).
-            size = await _group_size(self.layer, self.group)
-            self.group_members = size is None or size > 0
+        # Publish to the thread's group only if someone is in it (sockets open on the thread
+        # now); anyone joining later asks for a snapshot first (see snapshot()). Sockets of
+        # this process are in the group too, but get their frames directly.
+        size = await _group_size(self.layer, self.group)
+        self.group_members = size is None or size > len(_sockets.get(self.group, {}))
         while True:
             msg = await self.layer.receive(self.control_channel)
             if msg.get("type") == "reply.cancel":
@@ -891,6 +942,11 @@ async def request_snapshot(message_code: object, reply_channel: str) -> None:
     """Ask a running generation to send its state to `reply_channel`."""
     layer = _layer()
     generation = _local.get(str(message_code))
+    socket = _socket_channels.get(reply_channel)
+    if generation is not None and socket is not None:
+        # Through the socket's inbox, so that it comes before the frames that follow it.
+        socket.inbox.put_nowait(generation.snapshot(through_layer=False))
+        return
     if generation is not None:
         await layer.send(reply_channel, generation.snapshot())
         return

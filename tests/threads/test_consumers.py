@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -171,3 +172,33 @@ async def test_a_reply_survives_its_socket_closing(acme, slow_demo):
     await replies.wait_all()
     saved = await Message.objects.aget(pk=reply.pk)
     assert saved.status == "complete" and saved.content.startswith("You said")
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="the shared (Redis) layer only")
+async def test_with_redis_a_socket_in_this_process_gets_frames_without_redis(
+    acme, slow_demo, monkeypatch
+):
+    """channels_redis receives one message per round trip per process: at 50 sockets that
+    fell seconds behind. A generation here hands its frames to sockets here directly."""
+    from channels.layers import get_channel_layer
+
+    from threads.events import thread_group
+
+    _, user, thread = acme
+    communicator = await connect(user, thread)
+    layer = get_channel_layer()
+    published: list[str] = []
+    real_group_send = layer.group_send
+
+    async def spying_group_send(group, message):
+        published.append(group)
+        await real_group_send(group, message)
+
+    monkeypatch.setattr(layer, "group_send", spying_group_send)
+    reply = await start_reply(thread)
+    frames = await receive_until(communicator, final(reply))
+    deltas = [f for f in frames if f'id="body-{reply.code}" hx-swap-oob="beforeend"' in f]
+    assert len(deltas) >= 5
+    # Only what went out before the reply had counted its thread's listeners (the start).
+    assert published.count(thread_group(thread.code)) <= 2
+    await communicator.disconnect()
