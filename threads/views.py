@@ -9,6 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.views import redirect_to_login
 from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -202,9 +203,11 @@ def _send_response(request: HtmxHttpRequest, sent: _Send) -> HttpResponse:
 
 
 @require_POST
-@login_required
 async def send(request: HtmxHttpRequest, code: uuid.UUID) -> HttpResponse:
-    """Save the person's message first, answer with it and a skeleton, then generate."""
+    """Save the person's message first, answer with it and a skeleton, then generate.
+
+    Signed-in only, checked inside the save's own trip to the database (login_required would
+    load the user in a trip of its own first)."""
     # Shielded: a person who closes the tab mid-request must not leave a saved turn
     # that never starts.
     return await asyncio.shield(_save_and_start(_save_send, request, code))
@@ -213,8 +216,10 @@ async def send(request: HtmxHttpRequest, code: uuid.UUID) -> HttpResponse:
 async def _save_and_start(
     save: Callable[[HtmxHttpRequest, uuid.UUID], _Send], request: HtmxHttpRequest, code: uuid.UUID
 ) -> HttpResponse:
-    def save_and_render() -> _Send:
-        # One trip to a worker thread: save the turn, prepare its reply, render the answer.
+    def save_and_render() -> _Send | HttpResponse:
+        # One trip to a worker thread: who is asking, save the turn, prepare its reply, render.
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
         sent = save(request, code)
         if sent.created and sent.reply is not None:
             sent.request = replies.build_request(sent.reply)
@@ -223,6 +228,8 @@ async def _save_and_start(
 
     # database_sync_to_async: the connection goes back (to the pool) before the reply runs.
     sent = await database_sync_to_async(save_and_render)()
+    if isinstance(sent, HttpResponse):
+        return sent  # not signed in
     if sent.created and sent.reply is not None:
         replies.start(sent.reply, sent.request)
     assert sent.response is not None
@@ -318,6 +325,6 @@ def _save_regenerate(request: HtmxHttpRequest, code: uuid.UUID) -> _Send:
 
 
 @require_POST
-@login_required
 async def regenerate(request: HtmxHttpRequest, code: uuid.UUID) -> HttpResponse:
+    # Signed-in only: checked in the save's trip to the database, as for send.
     return await asyncio.shield(_save_and_start(_save_regenerate, request, code))

@@ -6,6 +6,7 @@ from datetime import timedelta
 import pytest
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient, Client
+from django.urls import reverse
 
 from tests.factories import make_exchange, make_org, make_thread, make_user
 from threads import replies
@@ -198,3 +199,18 @@ def test_several_processes_end_only_replies_without_a_heartbeat(client, settings
     client.get(f"/t/{thread.code}/")
     reply.refresh_from_db()
     assert reply.status == "interrupted"
+
+
+@pytest.mark.parametrize("view", ["threads:send", "threads:regenerate"])
+async def test_sending_needs_a_signed_in_person_and_saves_nothing_otherwise(view):
+    org = await sync_to_async(make_org)()
+    thread = await sync_to_async(make_thread)(org)
+    _, reply = await sync_to_async(make_exchange)(thread, "Hi", "Hello!")
+    code = thread.code if view == "threads:send" else reply.code
+    before = await Message.objects.acount()
+    response = await AsyncClient().post(
+        reverse(view, args=[code]), {"content": "Hi", "model": "demo:demo-chat"}
+    )
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("login"))
+    assert await Message.objects.acount() == before
