@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from asgiref.sync import sync_to_async
-
 from providers import catalog
 
 if TYPE_CHECKING:
@@ -64,19 +62,6 @@ def count_calls(calls: list[ProviderCall], message: Message) -> None:
         metrics.observe_calls(calls, message.thread.org.slug)
     except Exception:
         log.exception("could not count the attempts of reply %s", message.pk)
-
-
-async def arecord_attempts(
-    message: Message, attempts: list[Attempt], timings: ReplyTimings
-) -> None:
-    """`record_attempts` then `count_calls`, from async code (one thread hop)."""
-
-    def record() -> list[ProviderCall]:
-        # Load what the sync core reads while on the worker thread, not on the loop.
-        message.thread.org  # noqa: B018
-        return record_attempts(message, attempts, timings)
-
-    count_calls(await sync_to_async(record)(), message)
 
 
 def price(provider: str, model: str, usage: object) -> tuple[Decimal | None, bool]:

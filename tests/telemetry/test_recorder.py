@@ -12,7 +12,7 @@ from providers.models import CatalogModel
 from providers.policy import Attempt
 from telemetry import metrics
 from telemetry.models import ProviderCall
-from telemetry.recorder import ReplyTimings, arecord_attempts
+from telemetry.recorder import ReplyTimings, count_calls, record_attempts
 from tests.factories import make_exchange, make_org, make_thread
 from threads import replies
 from threads.models import Message, add_exchange
@@ -32,6 +32,11 @@ def _attempt(model: str, number: int, outcome: str = "ok", **kw) -> Attempt:
         outcome=outcome,
         **kw,
     )
+
+
+async def arecord_attempts(message, attempts, timings) -> None:
+    """What a reply's end does (threads/replies.py): record on a thread, then count."""
+    count_calls(await sync_to_async(record_attempts)(message, attempts, timings), message)
 
 
 @pytest.fixture
