@@ -36,10 +36,11 @@ def month_start(now: datetime | None = None) -> datetime:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def budget_status(org: Organization) -> BudgetStatus:
-    """This month's spend against the organisation's budget (sync ORM)."""
+def budget_status(org: Organization, budget: Budget | None = None) -> BudgetStatus:
+    """This month's spend against the organisation's budget (sync ORM; `budget` if the
+    caller has read it already)."""
     spent = ProviderCall.objects.spend_since(org, month_start())
-    budget = Budget.objects.filter(org=org).first()
+    budget = budget or Budget.objects.filter(org=org).first()
     if budget is None:
         return BudgetStatus(spent, None, None)
     if budget.monthly_usd <= 0:
@@ -51,9 +52,10 @@ def budget_status(org: Organization) -> BudgetStatus:
 def budget_refusal(org: Organization) -> str:
     """Why a new message must be refused, for a person to read; "" when it may be sent."""
     # Without a budget nothing is refused: skip summing the month's spend (every send asks).
-    if not Budget.objects.filter(org=org).exists():
+    budget = Budget.objects.filter(org=org).first()
+    if budget is None:
         return ""
-    status = budget_status(org)
+    status = budget_status(org, budget)
     if status.level != "over":
         return ""
     return (

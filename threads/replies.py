@@ -85,7 +85,7 @@ class LocalSocket:
 def attach_socket(group: str, channel: str, handle: Any) -> LocalSocket | None:
     """Register a consumer of `group` whose `handle(message)` takes reply messages; None with
     the in-memory layer, where the layer itself is already in-process."""
-    if isinstance(_layer(), InMemoryChannelLayer):
+    if not _shared(_layer()):
         return None
     socket = LocalSocket(group, channel, handle)
     _sockets.setdefault(group, {})[channel] = socket
@@ -134,6 +134,11 @@ FINAL_FIELDS = [
     "updated",
     "heartbeat",
 ]
+
+
+def _shared(layer: BaseChannelLayer) -> bool:
+    """Whether other processes use this layer too (Redis), unlike the in-memory one."""
+    return not isinstance(layer, InMemoryChannelLayer)
 
 
 def _has_members(layer: BaseChannelLayer, group: str) -> bool:
@@ -320,7 +325,7 @@ class Generation:
         self.request = request
         self.layer = _layer()
         # Other processes (a shared layer) may follow or cancel this reply through the layer.
-        self.remote = not isinstance(self.layer, InMemoryChannelLayer)
+        self.remote = _shared(self.layer)
         self.seq = 0
         self.events: list[dict[str, Any]] = []
         self.listeners: set[asyncio.Queue[dict[str, Any] | None]] = set()

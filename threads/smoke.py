@@ -190,6 +190,15 @@ class SmokeCommand(BaseCommand):
         )
         parser.add_argument("--timeout", type=float, default=60.0, help="Per request, seconds.")
 
+    def handle(self, *args: Any, **options: Any) -> str:
+        """Measure against the target (`--url` or `--spawn`) and print the report."""
+        with self.target(options) as target:
+            report = asyncio.run(self.measure(target, options))
+        return self.emit(report, options["json"])
+
+    async def measure(self, target: Target, options: dict[str, Any]) -> Report:
+        raise NotImplementedError  # commands that use the default handle() say what they time
+
     def emit(self, report: Report, as_json: bool) -> str:
         self.stdout.write(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
         if not report.passed:

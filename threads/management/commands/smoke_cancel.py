@@ -28,12 +28,7 @@ class Command(smoke.SmokeCommand):
         parser.add_argument("--target-cancel-ms", type=float, default=300.0, help="P95.")
         parser.add_argument("--seed", type=int, default=None)
 
-    def handle(self, *args: Any, **options: Any) -> str:
-        with self.target(options) as target:
-            report = asyncio.run(self._run(target, options))
-        return self.emit(report, options["json"])
-
-    async def _run(self, target: smoke.Target, options: dict[str, Any]) -> smoke.Report:
+    async def measure(self, target: smoke.Target, options: dict[str, Any]) -> smoke.Report:
         n = options["requests"]
         rng = random.Random(options["seed"])
         progress = smoke.Progress(self, "smoke_cancel", n, options["verbosity"])

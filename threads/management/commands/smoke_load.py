@@ -26,12 +26,7 @@ class Command(smoke.SmokeCommand):
         parser.add_argument("--target-ttft-ms", type=float, default=1500.0, help="TTFT P95.")
         parser.add_argument("--target-error-pct", type=float, default=0.99)
 
-    def handle(self, *args: Any, **options: Any) -> str:
-        with self.target(options) as target:
-            report = asyncio.run(self._run(target, options))
-        return self.emit(report, options["json"])
-
-    async def _run(self, target: smoke.Target, options: dict[str, Any]) -> smoke.Report:
+    async def measure(self, target: smoke.Target, options: dict[str, Any]) -> smoke.Report:
         n, c = options["requests"], options["concurrency"]
         async with smoke.client(limit=c + 5, timeout=options["timeout"]) as http:
             # One thread per concurrent stream, made before the clock starts.

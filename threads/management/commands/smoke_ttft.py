@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from django.core.management.base import CommandParser
@@ -18,12 +17,7 @@ class Command(smoke.SmokeCommand):
         parser.add_argument("-n", "--requests", type=int, default=20, help="Replies to time.")
         parser.add_argument("--target-ttft-ms", type=float, default=1500.0, help="TTFT P95.")
 
-    def handle(self, *args: Any, **options: Any) -> str:
-        with self.target(options) as target:
-            report = asyncio.run(self._run(target, options))
-        return self.emit(report, options["json"])
-
-    async def _run(self, target: smoke.Target, options: dict[str, Any]) -> smoke.Report:
+    async def measure(self, target: smoke.Target, options: dict[str, Any]) -> smoke.Report:
         n = options["requests"]
         progress = smoke.Progress(self, "smoke_ttft", n, options["verbosity"])
         async with smoke.client(timeout=options["timeout"]) as http:
