@@ -41,11 +41,11 @@ def record_attempts(
     if not attempts:
         return []
     try:
-        from .models import ProviderCall
+        from threads import rows
 
         org_id = message.thread.org_id
         calls = [_call_for(message, org_id, attempts, i, timings) for i in range(len(attempts))]
-        ProviderCall.objects.bulk_create(calls)
+        rows.insert(calls)  # SQL built once (threads/rows.py): every reply ends here
     except Exception:
         log.exception("could not record the attempts of reply %s", message.pk)
         return []

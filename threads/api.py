@@ -24,7 +24,7 @@ from providers import catalog
 from providers.base import ChatRequest
 from providers.registry import get_provider
 
-from . import replies
+from . import replies, rows, send_reads
 from .events import sse_frame
 from .models import ApiKey, Message, Organization, Thread, add_exchange
 from .validation import check_send
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 router = Router(tags=["chat"])
 
 KEEPALIVE_S = 15.0
+KEY_TOUCH_EVERY = timedelta(minutes=1)
 
 
 class ApiError(Exception):
@@ -86,10 +87,14 @@ def org_for_key(token: str, org_slug: str | None) -> Organization:
     if org_slug is not None and org_slug != key.org.slug:
         raise ApiError(403, "forbidden", "The x-org-id header names another organisation.")
     now = timezone.now()
-    # Record use at most once a minute, not a write per request.
-    if key.last_used is None or now - key.last_used > timedelta(minutes=1):
-        ApiKey.objects.filter(pk=key.pk).update(last_used=now)
+    if key.last_used is None or key.last_used < now - KEY_TOUCH_EVERY:
+        _touch_key(key.pk, now)
     return key.org
+
+
+def _touch_key(pk: int, now: datetime) -> None:
+    # Use is recorded at most once a minute (KEY_TOUCH_EVERY), not a write per request.
+    rows.update(ApiKey, pk, {"last_used": now})
 
 
 def org_of(auth: Organization | KeyToCheck) -> Organization:
@@ -367,8 +372,20 @@ class _Sent:
 def _save_send(auth: Organization | KeyToCheck, thread_id: uuid.UUID, payload: SendIn) -> _Sent:
     """Check the key, the thread and the message, save the turn and prepare its reply: the
     whole send in one trip to a worker thread (sync ORM)."""
-    thread = _get_thread(org_of(auth), thread_id)
-    errors = check_send(payload.content, payload.provider, payload.model, org=thread.org)
+    gate = None
+    if isinstance(auth, KeyToCheck):
+        # The usual case in one statement; anything unusual takes the checks below.
+        now = timezone.now()
+        gate = send_reads.gate(auth.token, auth.org_slug, thread_id, now - KEY_TOUCH_EVERY)
+    if gate is not None:
+        thread = gate.thread
+        if gate.key_due:
+            _touch_key(gate.key_id, now)
+        # The gate lets no organisation with a budget through: no budget to check.
+        errors = check_send(payload.content, payload.provider, payload.model)
+    else:
+        thread = _get_thread(org_of(auth), thread_id)
+        errors = check_send(payload.content, payload.provider, payload.model, org=thread.org)
     if errors:
         first = errors[0]
         raise ApiError(first.status, first.code, first.message, first.field)

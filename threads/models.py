@@ -282,12 +282,15 @@ def add_exchange(
     """
     from django.db import IntegrityError, transaction
 
+    from . import rows
+
     # A repeated client_id is found by the unique constraint, not by a query before every
-    # insert: repeats are rare, sends are not.
+    # insert: repeats are rare, sends are not. The writes go through `rows` (SQL built once):
+    # every send makes them, on the core that streams every other reply.
     try:
         with transaction.atomic():
             now = timezone.now()
-            user_message = Message.objects.create(
+            user_message = Message(
                 thread=thread,
                 role=Message.Role.USER,
                 content=content,
@@ -296,7 +299,8 @@ def add_exchange(
                 created=now,
                 updated=now,
             )
-            reply = Message.objects.create(
+            rows.insert([user_message])
+            reply = Message(
                 thread=thread,
                 role=Message.Role.ASSISTANT,
                 status=Message.Status.QUEUED,
@@ -306,10 +310,11 @@ def add_exchange(
                 created=now,
                 updated=now,
             )
+            rows.insert([reply])
             fields = {"updated": now, "provider": provider, "model": model}
             if not thread.title:
                 fields["title"] = _title_from(content)
-            Thread.objects.filter(pk=thread.pk).update(**fields)
+            rows.update(Thread, thread.pk, fields)
             for name, value in fields.items():
                 setattr(thread, name, value)
     except IntegrityError:

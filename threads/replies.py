@@ -46,6 +46,7 @@ from providers.tokens import estimate_prompt_tokens, estimate_tokens
 from telemetry import metrics
 from telemetry.recorder import ReplyTimings, count_calls, record_attempts
 
+from . import rows, send_reads
 from .events import REPLY_EVENT, reply_group, thread_group
 from .models import Message, Thread
 
@@ -236,7 +237,7 @@ def _update_active(pk: int, fields: dict[str, Any]) -> int:
     Generations outlive requests: chatproject.db's database_sync_to_async runs this on the
     database threads and hands the connection back (to the pool) after each call.
     """
-    return Message.objects.filter(pk=pk, status__in=Message.ACTIVE).update(**fields)
+    return rows.update(Message, pk, fields, only_if_in={"status": Message.ACTIVE})
 
 
 def _load(pk: int) -> tuple[Message, ChatRequest]:
@@ -247,14 +248,7 @@ def _load(pk: int) -> tuple[Message, ChatRequest]:
 def build_request(message: Message) -> ChatRequest:
     """The whole conversation before `message`, partial replies included (sync ORM)."""
     thread = message.thread
-    history = (
-        Message.objects.filter(thread=thread, created__lte=message.created)
-        .exclude(pk=message.pk)
-        .exclude(content="")
-        .order_by("created", "id")
-        .values_list("role", "content")
-    )
-    turns = tuple(Turn(role=role, content=content) for role, content in history)
+    turns = tuple(Turn(role=role, content=content) for role, content in send_reads.history(message))
     system = thread.system_prompt or thread.org.system_prompt or settings.SYSTEM_PROMPT
     return ChatRequest(
         provider=message.requested_provider,
@@ -713,7 +707,7 @@ class Generation:
             self.attempts, usage, self.answering
         )
         # The thread's `updated` (the sidebar's order) was bumped when the turn was sent.
-        message.save(update_fields=FINAL_FIELDS)
+        rows.save_fields(message, FINAL_FIELDS)
         calls = _record_telemetry(message, self.attempts, timings)
         data = done_payload(message)
         data.update(warnings=self.warnings, continued_by=self.continued_by or None)

@@ -6,6 +6,7 @@ from unittest import mock
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import DatabaseError
 
 from providers.base import Usage
 from providers.models import CatalogModel
@@ -133,9 +134,7 @@ async def test_it_counts_the_attempts_for_prometheus(reply):
 
 
 async def test_database_errors_never_reach_the_reply(reply, caplog):
-    with mock.patch.object(
-        ProviderCall.objects, "bulk_create", side_effect=RuntimeError("db down")
-    ):
+    with mock.patch("threads.rows.insert", side_effect=DatabaseError("db down")):
         await arecord_attempts(reply, [_attempt("gpt-4o", 1)], TIMINGS)
     assert "could not record" in caplog.text
     assert not await ProviderCall.objects.aexists()

@@ -1,0 +1,108 @@
+"""threads/rows.py: writes with SQL built once must store what the ORM would."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from django.db import DatabaseError
+from django.db.models.signals import post_save, pre_save
+
+from telemetry.models import ProviderCall
+from tests.factories import make_org, make_thread
+from threads import rows
+from threads.models import ApiKey, Message, Thread
+
+pytestmark = pytest.mark.django_db
+
+WHEN = datetime(2026, 11, 29, 3, 4, 5, 678901, tzinfo=UTC)
+
+
+def test_the_models_it_writes_have_no_signal_receivers():
+    # rows sends no signals: a receiver added to one of these models would go unheard.
+    for model in (Message, Thread, ApiKey, ProviderCall):
+        assert not pre_save.has_listeners(model), model
+        assert not post_save.has_listeners(model), model
+
+
+def test_insert_stores_every_field_as_the_orm_reads_it():
+    thread = make_thread(make_org())
+    code = uuid.uuid4()
+    message = Message(
+        code=code,
+        thread=thread,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.STREAMING,
+        content="Hello",
+        sources=[{"title": "T", "url": "https://example.com", "date": ""}],
+        chain=["demo:demo-chat"],
+        cost_usd=Decimal("0.00001234"),
+        ttft_ms=210,
+        tokens_estimated=True,
+        created=WHEN,
+        updated=WHEN,
+    )
+    rows.insert([message])
+    assert message.pk is not None
+    assert not message._state.adding
+    stored = Message.objects.get(pk=message.pk)
+    assert stored.code == code
+    assert stored.thread_id == thread.pk
+    assert stored.status == "streaming"
+    assert stored.sources == [{"title": "T", "url": "https://example.com", "date": ""}]
+    assert stored.chain == ["demo:demo-chat"]
+    assert stored.cost_usd == Decimal("0.00001234")
+    assert stored.ttft_ms == 210
+    assert stored.tokens_estimated is True
+    assert stored.reasoning == ""
+    assert stored.finished is None
+    assert stored.created == WHEN
+
+
+def test_insert_of_several_rows_sets_each_primary_key_in_order():
+    thread = make_thread(make_org())
+    messages = [Message(thread=thread, role="user", content=str(i)) for i in range(3)]
+    rows.insert(messages)
+    assert [Message.objects.get(pk=m.pk).content for m in messages] == ["0", "1", "2"]
+
+
+def test_a_repeated_client_id_still_breaks_the_unique_constraint():
+    from django.db import IntegrityError, transaction
+
+    thread = make_thread(make_org())
+    rows.insert([Message(thread=thread, role="user", client_id="abc")])
+    with pytest.raises(IntegrityError), transaction.atomic():
+        rows.insert([Message(thread=thread, role="user", client_id="abc")])
+
+
+def test_update_changes_the_named_columns_only():
+    thread = make_thread(make_org(), title="Old")
+    assert rows.update(Thread, thread.pk, {"title": "New", "updated": WHEN}) == 1
+    thread.refresh_from_db()
+    assert (thread.title, thread.updated, thread.provider) == ("New", WHEN, "")
+
+
+def test_update_with_a_condition_leaves_a_row_that_does_not_meet_it():
+    thread = make_thread(make_org())
+    reply = Message.objects.create(thread=thread, role="assistant", status="complete")
+    active = {"status": Message.ACTIVE}
+    assert rows.update(Message, reply.pk, {"content": "late"}, only_if_in=active) == 0
+    reply.status = "streaming"
+    reply.save()
+    assert rows.update(Message, reply.pk, {"content": "now"}, only_if_in=active) == 1
+    reply.refresh_from_db()
+    assert reply.content == "now"
+
+
+def test_save_fields_writes_the_instance_and_fails_on_a_missing_row():
+    thread = make_thread(make_org())
+    reply = Message.objects.create(thread=thread, role="assistant", status="streaming")
+    reply.content, reply.status, reply.chain = "Done", "complete", ["a:b"]
+    rows.save_fields(reply, ["content", "status", "chain"])
+    stored = Message.objects.get(pk=reply.pk)
+    assert (stored.content, stored.status, stored.chain) == ("Done", "complete", ["a:b"])
+    Message.objects.filter(pk=reply.pk).delete()
+    with pytest.raises(DatabaseError):
+        rows.save_fields(reply, ["content"])

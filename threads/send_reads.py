@@ -1,0 +1,110 @@
+"""The reads every send makes, in hand-written SQL (see threads/rows.py for why).
+
+- `gate`: an API key, the thread it sends to and that thread's organisation, with whether
+  the key's `last_used` is due for a touch and whether the organisation has a budget, in
+  one statement. No row means the key, the header or the thread is wrong: the caller then
+  takes the ORM path that tells which (401, 403 or 404), so errors read exactly as before.
+- `history`: the conversation before a reply, as (role, content) pairs.
+
+The instances are built with `Model.from_db` from the columns read; any other field is
+deferred, so touching one costs a query instead of returning a wrong value.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db import connections
+from django.db.models import Model
+
+from telemetry.models import Budget
+
+from .models import ApiKey, Message, Organization, Thread
+
+THREAD_COLUMNS = ("id", "org_id", "title", "system_prompt", "provider", "model")
+ORG_COLUMNS = ("id", "slug", "name", "system_prompt", "fallback_models", "continue_partial")
+_sql: dict[str, str] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    thread: Thread  # with .org loaded
+    key_id: int
+    key_due: bool  # last_used is empty or older than the caller's cut-off
+
+
+def _gate_sql(using: str) -> str:
+    qn = connections[using].ops.quote_name
+    t, o, k, b = (qn(m._meta.db_table) for m in (Thread, Organization, ApiKey, Budget))
+    columns = [f"t.{qn(c)}" for c in THREAD_COLUMNS] + [f"o.{qn(c)}" for c in ORG_COLUMNS]
+    return (
+        f"SELECT {', '.join(columns)}, k.id, "
+        "CASE WHEN k.last_used IS NULL OR k.last_used < %s THEN 1 ELSE 0 END "
+        f"FROM {k} k JOIN {o} o ON o.id = k.org_id "
+        f"JOIN {t} t ON t.org_id = o.id AND t.code = %s "
+        f"LEFT JOIN {b} b ON b.org_id = o.id "
+        "WHERE k.hashed = %s AND k.revoked IS NULL AND b.id IS NULL"
+    )
+
+
+def gate(
+    token: str,
+    org_slug: str | None,
+    thread_code: uuid.UUID,
+    touch_before: datetime,
+    using: str = "default",
+) -> Gate | None:
+    """The thread `thread_code` of the organisation of active key `token`, if the request
+    may go on without more checks; None when anything needs the slow path (an unknown key
+    or thread, another organisation named in x-org-id, or a budget to check)."""
+    connection = connections[using]
+    sql = _sql.get(f"gate:{using}") or _sql.setdefault(f"gate:{using}", _gate_sql(using))
+    params = [
+        ApiKey._meta.get_field("last_used").get_db_prep_value(touch_before, connection),
+        Thread._meta.get_field("code").get_db_prep_value(thread_code, connection),
+        ApiKey.hash(token),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    n = len(THREAD_COLUMNS)
+    org_values = dict(zip(ORG_COLUMNS, row[n : n + len(ORG_COLUMNS)], strict=True))
+    org_values["continue_partial"] = bool(org_values["continue_partial"])  # SQLite: 0 / 1
+    org = _from_db(Organization, using, org_values)
+    if org_slug is not None and org_slug != org.slug:
+        return None
+    thread_values = dict(zip(THREAD_COLUMNS, row[:n], strict=True))
+    thread = _from_db(Thread, using, {"code": thread_code, **thread_values})
+    thread.org = org
+    return Gate(thread=thread, key_id=row[-2], key_due=bool(row[-1]))
+
+
+def _from_db[M: Model](model: type[M], using: str, values: dict[str, Any]) -> M:
+    """An instance as the ORM loads one, with the fields in `values` (by attname) and the
+    rest deferred."""
+    names = [f.attname for f in model._meta.concrete_fields if f.attname in values]
+    return model.from_db(using, names, [values[n] for n in names])
+
+
+def history(message: Message, using: str = "default") -> list[tuple[str, str]]:
+    """(role, content) of the thread's messages before `message`, oldest first, empty ones
+    left out: the ORM's `Message.objects.filter(thread=…, created__lte=…).exclude(pk=…)
+    .exclude(content="").order_by("created", "id")`."""
+    connection = connections[using]
+    sql = _sql.get(f"history:{using}")
+    if sql is None:
+        qn = connection.ops.quote_name
+        sql = _sql[f"history:{using}"] = (
+            f"SELECT role, content FROM {qn(Message._meta.db_table)} "
+            "WHERE thread_id = %s AND created <= %s AND id <> %s AND content <> '' "
+            "ORDER BY created, id"
+        )
+    created = Message._meta.get_field("created").get_db_prep_value(message.created, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [message.thread_id, created, message.pk])
+        return cursor.fetchall()
