@@ -2,8 +2,9 @@
 
 A hand-written asyncio HTTP/1.1 server, so the framing is exactly what each vendor sends
 (see docs/provider-protocols.md) and faults a real framework would smooth over are possible.
-Every response is `Connection: close`; streams use chunked encoding, one chunk per event,
-flushed as it is written.
+Connections are kept alive between requests, as the vendors' are (a request that says
+`Connection: close` gets it, and a fault that breaks a response closes its connection);
+streams use chunked encoding, one chunk per event, flushed as it is written.
 
 Routes (each vendor under its own prefix, so one server stands in for all of them):
 
@@ -275,9 +276,11 @@ def _reason(status: int) -> str:
 class _Wire:
     """One response on one connection, written byte for byte."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, keep_alive: bool = True) -> None:
         self.writer = writer
         self.finished = False
+        self.connection = "keep-alive" if keep_alive else "close"
+        self.broken = False  # a fault left the connection unfit for another request
 
     def _head(self, status: int, headers: list[tuple[str, str]]) -> bytes:
         lines = [f"HTTP/1.1 {status} {_reason(status)}"]
@@ -288,14 +291,15 @@ class _Wire:
         self, status: int, body: bytes, content_type: str, headers: list[tuple[str, str]]
     ) -> None:
         head = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
-        self.writer.write(self._head(status, [*head, ("Connection", "close"), *headers]) + body)
+        head.append(("Connection", self.connection))
+        self.writer.write(self._head(status, [*head, *headers]) + body)
         await self.writer.drain()
 
     async def start(self, content_type: str, headers: list[tuple[str, str]]) -> None:
         head = [
             ("Content-Type", content_type),
             ("Transfer-Encoding", "chunked"),
-            ("Connection", "close"),
+            ("Connection", self.connection),
             ("Cache-Control", "no-cache"),
         ]
         self.writer.write(self._head(200, [*head, *headers]))
@@ -310,6 +314,7 @@ class _Wire:
         await self.writer.drain()
 
     def abort(self) -> None:
+        self.broken = True
         self.writer.transport.abort()
 
 
@@ -1307,6 +1312,20 @@ class _Incoming:
     raw: bytes
 
 
+class _Connection:
+    """A client connection's reader, with what was read but not yet used."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self.pending = bytearray()
+
+    async def fill(self) -> bool:
+        """Read what has arrived into `pending`; False at EOF."""
+        data = await self.reader.read(65536)
+        self.pending += data
+        return bool(data)
+
+
 class FakeProviderServer:
     """The fake vendor server. `await start()`, then `serve_forever()` or `close()`."""
 
@@ -1374,9 +1393,11 @@ class FakeProviderServer:
         assert task is not None
         self._tasks.add(task)
         try:
-            incoming = await self._read(reader)
-            if incoming is not None:
-                await self._serve(incoming, reader, writer)
+            # One request after another, until the client or a fault closes the connection.
+            conn = _Connection(reader)
+            while (incoming := await self._read(conn)) is not None:
+                if not await self._serve(incoming, conn, writer):
+                    break
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
@@ -1385,8 +1406,16 @@ class FakeProviderServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _read(self, reader: asyncio.StreamReader) -> _Incoming | None:
-        head = await reader.readuntil(b"\r\n\r\n")
+    async def _read(self, conn: _Connection) -> _Incoming | None:
+        while (end := conn.pending.find(b"\r\n\r\n")) < 0:
+            if len(conn.pending) > 65536:
+                raise asyncio.LimitOverrunError("request head too long", len(conn.pending))
+            if not await conn.fill():
+                if conn.pending:
+                    raise asyncio.IncompleteReadError(bytes(conn.pending), None)
+                return None  # the client closed an idle connection
+        head = bytes(conn.pending[:end])
+        del conn.pending[: end + 4]
         request_line, *lines = head.decode("latin-1").split("\r\n")
         parts = request_line.split(" ")
         if len(parts) != 3:
@@ -1397,22 +1426,28 @@ class FakeProviderServer:
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
         length = int(headers.get("content-length") or 0)
-        raw = await reader.readexactly(length) if length else b""
+        while len(conn.pending) < length:
+            if not await conn.fill():
+                raise asyncio.IncompleteReadError(bytes(conn.pending), length)
+        raw = bytes(conn.pending[:length])
+        del conn.pending[:length]
         path, _, query = parts[1].partition("?")
         return _Incoming(parts[0], unquote(path), query, headers, raw)
 
     async def _serve(
-        self, incoming: _Incoming, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        wire = _Wire(writer)
+        self, incoming: _Incoming, conn: _Connection, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Answer one request; return whether the connection may take another."""
+        keep_alive = incoming.headers.get("connection", "").lower() != "close"
+        wire = _Wire(writer, keep_alive)
         if incoming.path.startswith("/_fake/"):
             await self._control(incoming, wire)
-            return
+            return keep_alive
         route = _route(incoming.path)
         if route is None:
             body = _compact({"error": {"message": f"No route for {incoming.path}"}})
             await wire.whole(404, body, JSON_TYPE, [])
-            return
+            return keep_alive
         payload: Any
         try:
             payload = json.loads(incoming.raw) if incoming.raw else {}
@@ -1424,7 +1459,7 @@ class FakeProviderServer:
         with self._lock:
             self.requests.append(record)
         responder = asyncio.create_task(self._respond(route, incoming, record, wire))
-        watcher = asyncio.create_task(self._watch_hangup(reader))
+        watcher = asyncio.create_task(self._watch_hangup(conn))
         try:
             await asyncio.wait({responder, watcher}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -1433,10 +1468,12 @@ class FakeProviderServer:
                 task.cancel()
             await asyncio.gather(responder, watcher, return_exceptions=True)
             record.finished.set()
+        return keep_alive and wire.finished and not wire.broken
 
-    async def _watch_hangup(self, reader: asyncio.StreamReader) -> None:
-        # The client sends nothing after its request, so EOF here means it hung up.
-        while await reader.read(65536):
+    async def _watch_hangup(self, conn: _Connection) -> None:
+        # EOF here means the client hung up; anything it sends meanwhile (its next request,
+        # once it has read this response) is kept for the next `_read`.
+        while await conn.fill():
             pass
 
     async def _respond(

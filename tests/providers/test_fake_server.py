@@ -99,3 +99,54 @@ def test_env_lines_cover_every_provider():
     assert "OPENAI_COMPAT_BASE_URL=http://127.0.0.1:9/compat/v1" in lines
     assert "GEMINI_BASE_URL=http://127.0.0.1:9/gemini/v1beta" in lines
     assert len(lines) == 12
+
+
+def _exchange(sock, request: bytes) -> bytes:
+    """Send one request on a raw socket and read its whole chunked response."""
+    sock.sendall(request)
+    data = b""
+    while not data.endswith(b"0\r\n\r\n"):
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection after {data[-200:]!r}"
+        data += chunk
+    return data
+
+
+def _stream_request(connection: str = "keep-alive") -> bytes:
+    body = b'{"model": "gpt-4o", "messages": [], "stream": true}'
+    return (
+        b"POST /openai/v1/chat/completions HTTP/1.1\r\nHost: fake\r\n"
+        b"Authorization: Bearer k\r\nContent-Type: application/json\r\n"
+        b"Connection: %s\r\nContent-Length: %d\r\n\r\n%s" % (connection.encode(), len(body), body)
+    )
+
+
+def test_connections_are_kept_alive_between_requests(fake_provider):
+    import socket
+    from urllib.parse import urlsplit
+
+    address = urlsplit(fake_provider.url)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        first = _exchange(sock, _stream_request())
+        assert b"Connection: keep-alive" in first
+        second = _exchange(sock, _stream_request("close"))  # the same connection
+        assert b"Connection: close" in second
+        assert b"data: [DONE]" in second
+        assert sock.recv(1) == b""  # and closed after the one that asked for it
+    assert len(fake_provider.requests) == 2
+
+
+def test_a_broken_response_closes_its_connection(fake_provider):
+    import socket
+    from urllib.parse import urlsplit
+
+    fake_provider.script("openai", fault="reset")
+    address = urlsplit(fake_provider.url)
+    with socket.create_connection((address.hostname, address.port), timeout=5) as sock:
+        sock.sendall(_stream_request())
+        # The connection ends (reset or closed); kept open, recv would time out instead.
+        try:
+            while sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
