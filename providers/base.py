@@ -16,6 +16,8 @@ from typing import ClassVar, Literal
 
 import httpx
 
+from .transport import transport
+
 
 @dataclass(frozen=True, slots=True)
 class Turn:
@@ -186,7 +188,10 @@ class Provider(abc.ABC):
                     self.config.read_timeout_s,
                     connect=self.config.connect_timeout_s,
                 ),
-                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+                # Our asyncio transport (providers/transport.py), pooled as httpx's is.
+                transport=transport(
+                    limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
+                ),
             )
             self._clients[loop] = client
         return client

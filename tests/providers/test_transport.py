@@ -1,0 +1,183 @@
+"""providers/transport.py: httpx over our asyncio backend, against real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable
+
+import httpx
+import pytest
+import trustme
+
+from providers.transport import AsyncioBackend, transport
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _serve(handler: Handler, tls: ssl.SSLContext | None = None) -> asyncio.Server:
+    return await asyncio.start_server(handler, "127.0.0.1", 0, ssl=tls)
+
+
+def _port(server: asyncio.Server) -> int:
+    return server.sockets[0].getsockname()[1]
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+def _client(**kwargs) -> httpx.AsyncClient:
+    verify = kwargs.pop("verify", True)
+    return httpx.AsyncClient(transport=transport(verify=verify), **kwargs)
+
+
+async def _chunked(reader, writer, pieces: list[bytes], close: bool = False) -> None:
+    await _read_request(reader)
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+    writer.write(head + (b"Connection: close\r\n\r\n" if close else b"\r\n"))
+    for piece in pieces:
+        writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        await writer.drain()
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+
+
+def test_the_transport_puts_our_backend_under_httpx():
+    pool = transport()._pool
+    assert isinstance(pool._network_backend, AsyncioBackend)
+
+
+async def test_a_chunked_stream_arrives_piece_by_piece_on_one_kept_connection():
+    accepted = 0
+
+    async def handler(reader, writer):
+        nonlocal accepted
+        accepted += 1
+        for _ in range(2):
+            await _chunked(reader, writer, [b"data: one\n\n", b"data: two\n\n"])
+
+    server = await _serve(handler)
+    async with server, _client() as client:
+        for _ in range(2):
+            async with client.stream("GET", f"http://127.0.0.1:{_port(server)}/") as response:
+                pieces = [chunk async for chunk in response.aiter_raw()]
+            assert b"".join(pieces) == b"data: one\n\ndata: two\n\n"
+    assert accepted == 1
+
+
+async def test_a_large_body_is_read_whole_through_flow_control():
+    body = bytes(range(256)) * 8192  # 2 MiB: the reader pauses and resumes the socket
+
+    async def handler(reader, writer):
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+
+    server = await _serve(handler)
+    url = f"http://127.0.0.1:{_port(server)}/"
+    async with server, _client() as client, client.stream("GET", url) as response:
+        received = bytearray()
+        async for chunk in response.aiter_raw():
+            received += chunk
+            await asyncio.sleep(0)  # let data pile up between reads
+    assert bytes(received) == body
+
+
+async def test_tls_with_a_verified_certificate():
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+    read = asyncio.Event()
+
+    async def handler(reader, writer):
+        await _chunked(reader, writer, [b"secret"])
+        await read.wait()  # the connection stays up while the client looks at it
+
+    server = await _serve(handler, tls=server_tls)
+    url = f"https://localhost:{_port(server)}/"
+    async with server, _client(verify=client_tls) as client, client.stream("GET", url) as response:
+        assert await response.aread() == b"secret"
+        stream = response.extensions["network_stream"]
+        assert stream.get_extra_info("ssl_object").version().startswith("TLS")
+        read.set()
+
+
+async def test_an_untrusted_certificate_is_a_connect_error():
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_tls)
+
+    async def handler(reader, writer):
+        await _chunked(reader, writer, [b"secret"])
+
+    server = await _serve(handler, tls=server_tls)
+    async with server, _client() as client:  # the system's CAs do not know this one
+        with pytest.raises(httpx.ConnectError):
+            await client.get(f"https://localhost:{_port(server)}/")
+
+
+async def test_a_silent_server_is_a_read_timeout():
+    done = asyncio.Event()
+
+    async def handler(reader, writer):
+        await _read_request(reader)
+        await done.wait()
+
+    server = await _serve(handler)
+    async with server, _client(timeout=httpx.Timeout(5.0, read=0.05)) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get(f"http://127.0.0.1:{_port(server)}/")
+        done.set()
+
+
+async def test_a_closed_port_is_a_connect_error():
+    server = await _serve(lambda r, w: asyncio.sleep(0))
+    port = _port(server)
+    server.close()
+    await server.wait_closed()
+    async with _client() as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(f"http://127.0.0.1:{port}/")
+
+
+async def test_a_stream_cut_off_mid_body_is_an_error_not_a_short_reply():
+    async def handler(reader, writer):
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        writer.transport.abort()
+
+    server = await _serve(handler)
+    async with server, _client() as client:
+        with pytest.raises(httpx.TransportError):
+            await client.get(f"http://127.0.0.1:{_port(server)}/")
+
+
+async def test_a_pooled_connection_the_server_closed_is_replaced():
+    accepted = 0
+    closed = asyncio.Event()
+
+    async def handler(reader, writer):
+        nonlocal accepted
+        accepted += 1
+        await _chunked(reader, writer, [b"ok"])
+        writer.close()  # without saying so: the client finds out when it next uses it
+        await writer.wait_closed()
+        closed.set()
+
+    async def until_readable(stream) -> None:
+        while not stream.get_extra_info("is_readable"):
+            await asyncio.sleep(0)  # one turn of the loop: the FIN is on its way
+
+    server = await _serve(handler)
+    async with server, _client() as client:
+        url = f"http://127.0.0.1:{_port(server)}/"
+        first = await client.get(url)
+        assert first.content == b"ok"
+        await closed.wait()
+        await asyncio.wait_for(until_readable(first.extensions["network_stream"]), 5)
+        assert (await client.get(url)).content == b"ok"
+    assert accepted == 2
