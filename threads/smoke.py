@@ -336,6 +336,42 @@ class FakeProvider:
         return {"OPENAI_API_KEY": "test", "OPENAI_BASE_URL": f"{self.url}/openai/v1"}
 
 
+class Relay:
+    """The bare relay (threads/bench_relay.py) under daphne on a free port, in front of
+    `upstream`: the yardstick bench_overhead reads the app's overhead against."""
+
+    def __init__(self, upstream: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.upstream = upstream
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Relay:
+        self.proc = subprocess.Popen(
+            [str(BIN_DIR / "daphne"), "-b", "127.0.0.1", "-p", str(self.port)]
+            + ["threads.bench_relay:application"],
+            cwd=BASE_DIR,
+            env={**os.environ, "UPSTREAM": self.upstream},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_ready(f"{self.url}/healthz", self.proc)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+
 _PREPARE = """
 import django
 django.setup()
@@ -595,14 +631,21 @@ async def run_concurrently(
     concurrency: int,
     job: Callable[[int], Any],
     progress: Progress | None = None,
+    spread_s: float = 0.0,
 ) -> list[StreamResult]:
-    """Run `job(i)` for i in range(jobs), at most `concurrency` at a time (ab -n/-c)."""
+    """Run `job(i)` for i in range(jobs), at most `concurrency` at a time (ab -n/-c).
+
+    With `spread_s`, the workers start evenly spread over that long instead of at once:
+    `concurrency` people chatting, not `concurrency` sends in the same millisecond.
+    """
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(jobs):
         queue.put_nowait(i)
     results: list[StreamResult] = []
 
-    async def worker() -> None:
+    async def worker(k: int) -> None:
+        if spread_s:
+            await asyncio.sleep(k * spread_s / concurrency)  # this worker's place in the spread
         while not queue.empty():
             i = queue.get_nowait()
             try:
@@ -613,7 +656,7 @@ async def run_concurrently(
             if progress is not None:
                 progress.tick(result.ok)
 
-    await asyncio.gather(*(worker() for _ in range(min(concurrency, jobs))))
+    await asyncio.gather(*(worker(k) for k in range(min(concurrency, jobs))))
     return results
 
 

@@ -5,6 +5,7 @@ No timing assertions: targets are either out of reach on purpose (to see FAIL) o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -147,7 +148,30 @@ def test_bench_overhead_measures_every_path():
     )
     report = json.loads(out.getvalue())
     info = report["info"]["embedded c=1"]
-    assert info["errors"] == {"direct": 0, "sse": 0, "websocket": 0}
+    assert info["errors"] == {"direct": 0, "relay": 0, "sse": 0, "websocket": 0}
     assert info["upstream_chunks_per_reply"] > 50
-    assert set(info["added_ms"]) >= {"sse ttft p95", "websocket latency p95"}
+    assert set(info["added_ms"]) >= {"relay ttft p95", "sse ttft p95", "websocket latency p95"}
+    assert info["relay_cpu_ms_per_chunk"] > 0
     assert report["passed"] is True
+
+
+async def test_steady_arrival_spreads_the_first_starts_and_then_keeps_every_slot_busy():
+    from threads import smoke
+
+    loop = asyncio.get_running_loop()
+    starts: list[float] = []
+    all_busy = asyncio.Event()
+
+    async def job(i: int) -> smoke.StreamResult:
+        starts.append(loop.time())
+        if len(starts) == 4:
+            all_busy.set()
+        await all_busy.wait()  # each worker holds its first job until all four have one
+        return smoke.StreamResult(ok=True)
+
+    t0 = loop.time()
+    results = await smoke.run_concurrently(8, 4, job, spread_s=0.2)
+    assert len(results) == 8
+    # Worker k waits k * 0.2 / 4 s before its first job (a sleep never ends early).
+    assert starts[0] - t0 < 0.05
+    assert starts[3] - t0 >= 0.15

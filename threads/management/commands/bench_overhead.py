@@ -3,10 +3,13 @@
 1. Start the fake provider (OpenAI format, 200 ms to the first token, 50 tokens 20 ms apart)
    and the app under daphne pointed at it (embedded defaults, or PostgreSQL + Redis).
 2. At each concurrency level, stream the same replies straight from the fake (the baseline),
-   through the app's SSE endpoint, and through the page's WebSocket (what a browser sees).
-3. Report the added TTFT and latency (P50 / P95), the app's CPU time per upstream chunk and
-   RSS per active stream (from /proc), and on PostgreSQL the rows written per reply
-   (pg_stat_user_tables n_tup_ins + n_tup_upd + n_tup_del).
+   through a bare relay (threads/bench_relay.py: this machine's floor for HTTP in, httpx,
+   HTTP out), through the app's SSE endpoint, and through the page's WebSocket (what a
+   browser sees). By default the streams start spread over one reply's length (`--arrival
+   steady`, people chatting); `--arrival burst` starts each round's all at once.
+3. Report the added TTFT and latency (P50 / P95), the app's and the relay's CPU time per
+   upstream chunk, RSS per active stream (from /proc), and on PostgreSQL the rows written
+   per reply (pg_stat_user_tables n_tup_ins + n_tup_upd + n_tup_del).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import contextlib
 import secrets
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -49,6 +53,18 @@ class Command(smoke.SmokeCommand):
         parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/7")
         parser.add_argument("--no-websocket", action="store_true", help="Skip the WebSocket path.")
         parser.add_argument(
+            "--no-relay",
+            action="store_true",
+            help="Skip the bare relay (threads/bench_relay.py) measured as the machine's floor.",
+        )
+        parser.add_argument(
+            "--arrival",
+            choices=["steady", "burst"],
+            default="steady",
+            help="steady: the streams start spread over one reply's duration, as people "
+            "chatting would; burst: all at the same moment each round (the worst case).",
+        )
+        parser.add_argument(
             "--debug",
             action="store_true",
             help="Run the app with DEBUG on (the checkout's default) instead of production "
@@ -66,12 +82,20 @@ class Command(smoke.SmokeCommand):
         backends = (
             ["embedded", "services"] if options["backend"] == "both" else [options["backend"]]
         )
-        report = smoke.Report(f"bench_overhead levels={levels} rounds={options['rounds']}")
+        report = smoke.Report(
+            f"bench_overhead levels={levels} rounds={options['rounds']} "
+            f"arrival={options['arrival']}"
+        )
         for backend in backends:
-            with self._backend(backend, options) as (env, pg_url), smoke.FakeProvider() as fake:
+            with contextlib.ExitStack() as stack:
+                env, pg_url = stack.enter_context(self._backend(backend, options))
+                fake = stack.enter_context(smoke.FakeProvider())
                 fake.script()
-                with smoke.AppServer(env | fake.app_env() | _mode(options)) as server:
-                    asyncio.run(self._bench(backend, server, fake, pg_url, levels, options, report))
+                relay = None if options["no_relay"] else stack.enter_context(smoke.Relay(fake.url))
+                server = stack.enter_context(smoke.AppServer(env | fake.app_env() | _mode(options)))
+                asyncio.run(
+                    self._bench(backend, server, fake, relay, pg_url, levels, options, report)
+                )
         return self.emit(report, options["json"])
 
     @contextlib.contextmanager
@@ -102,6 +126,7 @@ class Command(smoke.SmokeCommand):
         backend: str,
         server: smoke.AppServer,
         fake: smoke.FakeProvider,
+        relay: smoke.Relay | None,
         pg_url: str | None,
         levels: list[int],
         options: dict[str, Any],
@@ -118,9 +143,16 @@ class Command(smoke.SmokeCommand):
                 )
             try:
                 # Warm up: first requests pay for imports and connections.
+                spans = []
                 for _ in range(2):
-                    await smoke.stream_direct(http, fake.url)
+                    spans.append(await smoke.stream_direct(http, fake.url))
+                    if relay is not None:
+                        await smoke.stream_direct(http, relay.url)
                     await smoke.stream_reply(http, target, await smoke.create_thread(http, target))
+                # Steady arrival spreads each level's streams over one direct reply's length.
+                spread = 0.0
+                if options["arrival"] == "steady":
+                    spread = max((r.latency_ms or 0) for r in spans) / 1000
                 for c in levels:
                     n = c * options["rounds"]
                     key = f"{backend} c={c}"
@@ -129,7 +161,20 @@ class Command(smoke.SmokeCommand):
                         c,
                         lambda i: smoke.stream_direct(http, fake.url),
                         smoke.Progress(self, f"{key} direct", n, verbosity),
+                        spread,
                     )
+                    relayed: list[smoke.StreamResult] = []
+                    relay_cpu = 0.0
+                    if relay is not None:
+                        cpu0 = smoke.cpu_seconds(relay.pid)
+                        relayed = await smoke.run_concurrently(
+                            n,
+                            c,
+                            lambda i, url=relay.url: smoke.stream_direct(http, url),
+                            smoke.Progress(self, f"{key} relay", n, verbosity),
+                            spread,
+                        )
+                        relay_cpu = smoke.cpu_seconds(relay.pid) - cpu0
                     threads = [await smoke.create_thread(http, target) for _ in range(c)]
                     writes0 = await _pg_writes(pg_url)
                     cpu0, rss0 = smoke.cpu_seconds(server.pid), smoke.rss_bytes(server.pid)
@@ -140,6 +185,7 @@ class Command(smoke.SmokeCommand):
                         c,
                         lambda i, t=threads, c=c: smoke.stream_reply(http, target, t[i % c]),
                         smoke.Progress(self, f"{key} sse", n, verbosity),
+                        spread,
                     )
                     sampler.cancel()
                     cpu = smoke.cpu_seconds(server.pid) - cpu0
@@ -158,8 +204,10 @@ class Command(smoke.SmokeCommand):
                                 b, server.url, p[i % c], m
                             ),
                             smoke.Progress(self, f"{key} websocket", n, verbosity),
+                            spread,
                         )
-                    self._record(report, key, c, direct, sse, ws, cpu, peak[0] - rss0, writes)
+                    measured = _Measured(direct, relayed, sse, ws, cpu, relay_cpu)
+                    self._record(report, key, c, measured, peak[0] - rss0, writes)
             finally:
                 if browser is not None:
                     await browser.aclose()
@@ -170,17 +218,20 @@ class Command(smoke.SmokeCommand):
         report: smoke.Report,
         key: str,
         c: int,
-        direct: list[smoke.StreamResult],
-        sse: list[smoke.StreamResult],
-        ws: list[smoke.StreamResult],
-        cpu_s: float,
+        m: _Measured,
         rss_delta: int,
         writes: int | None,
     ) -> None:
         def stat(results: list[smoke.StreamResult], attr: str) -> dict[str, float | None]:
             return smoke.summarize([getattr(r, attr) for r in results if getattr(r, attr)])
 
-        paths = {"direct": direct, "sse": sse} | ({"websocket": ws} if ws else {})
+        direct, sse, ws, cpu_s = m.direct, m.sse, m.ws, m.cpu_s
+        paths = (
+            {"direct": direct}
+            | ({"relay": m.relay} if m.relay else {})
+            | {"sse": sse}
+            | ({"websocket": ws} if ws else {})
+        )
         for path, results in paths.items():
             report.metrics[f"{key} {path} ttft"] = stat(results, "ttft_ms")
             report.metrics[f"{key} {path} latency"] = stat(results, "latency_ms")
@@ -189,7 +240,7 @@ class Command(smoke.SmokeCommand):
             report.metrics[f"{key} direct latency"],
         )
         added: dict[str, Any] = {}
-        for path in ("sse", "websocket") if ws else ("sse",):
+        for path in [p for p in paths if p != "direct"]:
             ttft, lat = (
                 report.metrics[f"{key} {path} ttft"],
                 report.metrics[f"{key} {path} latency"],
@@ -201,6 +252,13 @@ class Command(smoke.SmokeCommand):
         chunks_per_reply = sum(len(r.events) for r in direct if r.ok) / max(
             1, sum(r.ok for r in direct)
         )
+        relay_info: dict[str, Any] = {}
+        if m.relay:
+            relay_chunks = max(1.0, sum(r.ok for r in m.relay) * chunks_per_reply)
+            relay_info["relay_cpu_ms_per_chunk"] = round(m.relay_cpu_s * 1000 / relay_chunks, 4)
+            relay_info["relay_cpu_ms_per_reply"] = round(
+                m.relay_cpu_s * 1000 / max(1, sum(r.ok for r in m.relay)), 2
+            )
         report.info[key] = {
             "added_ms": added,
             "errors": {p: sum(not r.ok for r in rs) for p, rs in paths.items()},
@@ -208,6 +266,7 @@ class Command(smoke.SmokeCommand):
             "upstream_chunks_per_reply": round(chunks_per_reply, 1),
             "cpu_ms_per_chunk": round(cpu_s * 1000 / max(1, ok_replies * chunks_per_reply), 4),
             "cpu_ms_per_reply": round(cpu_s * 1000 / max(1, ok_replies), 2),
+            **relay_info,
             "rss_kib_per_stream": round(rss_delta / 1024 / c, 1),
             "db_rows_written_per_reply": None
             if writes is None
@@ -260,6 +319,18 @@ class Command(smoke.SmokeCommand):
                         "",
                     )
                 )
+
+
+@dataclass(frozen=True, slots=True)
+class _Measured:
+    """One level's results: each path's streams and the CPU the app and relay spent."""
+
+    direct: list[smoke.StreamResult]
+    relay: list[smoke.StreamResult]
+    sse: list[smoke.StreamResult]
+    ws: list[smoke.StreamResult]
+    cpu_s: float
+    relay_cpu_s: float
 
 
 def _minus(a: float | None, b: float | None) -> float | None:
