@@ -173,5 +173,5 @@ async def test_steady_arrival_spreads_the_first_starts_and_then_keeps_every_slot
     results = await smoke.run_concurrently(8, 4, job, spread_s=0.2)
     assert len(results) == 8
     # Worker k waits k * 0.2 / 4 s before its first job (a sleep never ends early).
-    assert starts[0] - t0 < 0.05
     assert starts[3] - t0 >= 0.15
+    assert starts[3] - starts[0] >= 0.1
