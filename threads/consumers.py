@@ -16,7 +16,7 @@ from django.template.loader import render_to_string
 
 from .events import thread_group
 from .models import Message, Thread
-from .replies import attach_socket, detach_socket, request_snapshot
+from .replies import attach_socket, detach_socket, held_row, request_snapshot
 from .tenancy import user_can_see_thread
 
 
@@ -177,6 +177,14 @@ def _active_reply_codes(thread: Thread) -> list[str]:
     return [str(code) for code in rows]
 
 
+async def _get_message(thread: Thread, code: str) -> Message | None:
+    # A reply generated in this process is rendered from what its generation holds.
+    row = held_row(code)
+    if row is not None and row.thread_id == thread.pk:
+        return row
+    return await _read_message(thread, code)
+
+
 @database_sync_to_async
-def _get_message(thread: Thread, code: str) -> Message | None:
+def _read_message(thread: Thread, code: str) -> Message | None:
     return Message.objects.select_related("reply_to").filter(thread=thread, code=code).first()

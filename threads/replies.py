@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import copy
 import dataclasses
 import logging
 import time
@@ -63,6 +65,11 @@ _local: dict[str, Generation] = {}
 # behind at 50 sockets). Events reach a socket's inbox in order; its consumer drains it.
 _sockets: dict[str, dict[str, LocalSocket]] = {}
 _socket_channels: dict[str, LocalSocket] = {}
+# Reply rows as this process's generations hold them (the turn loaded; at `done`, as finally
+# saved), kept for ROW_KEEP_S after each ends: sockets here render a reply's turn and its
+# end from them instead of reading the row back, twice per reply per socket.
+_rows: dict[str, Message] = {}
+ROW_KEEP_S = 60.0
 
 
 class LocalSocket:
@@ -194,14 +201,25 @@ def start(message: Message, request: ChatRequest | None = None) -> asyncio.Task[
     )
     _running.add(task)
     _local[generation.code] = generation
+    _rows[generation.code] = message
 
     def forget(task: asyncio.Task[None]) -> None:
         _running.discard(task)
         if _local.get(generation.code) is generation:
             del _local[generation.code]
+        with contextlib.suppress(RuntimeError):  # the loop is closing: nothing to keep
+            task.get_loop().call_later(ROW_KEEP_S, _rows.pop, generation.code, None)
 
     task.add_done_callback(forget)
     return task
+
+
+def held_row(code: str) -> Message | None:
+    """A copy of reply `code`'s row as this process's generation of it holds it (its turn
+    and thread loaded; once `done` is published, as finally saved), or None when another
+    process generates it or it ended a while ago: then read the row."""
+    row = _rows.get(code)
+    return None if row is None else copy.copy(row)
 
 
 def running_codes() -> set[str]:
@@ -368,6 +386,7 @@ class Generation:
                 # if it came before, found in the durable flag read just after.
                 await self._join_control_group()
             self.message, self.request = await database_sync_to_async(_load)(self.message_pk)
+            _rows[self.code] = self.message
             self.cancelled = self.message.cancel_requested
         # Otherwise the row was saved by this process just now and its code has not left it
         # yet: joining (the control task's first step) reaches Redis before any response

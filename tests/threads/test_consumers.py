@@ -202,3 +202,17 @@ async def test_with_redis_a_socket_in_this_process_gets_frames_without_redis(
     # Only what went out before the reply had counted its thread's listeners (the start).
     assert published.count(thread_group(thread.code)) <= 2
     await communicator.disconnect()
+
+
+async def test_a_reply_of_this_process_ends_on_screen_exactly_as_its_saved_row_renders(acme):
+    from threads.consumers import _render_message
+
+    _, user, thread = acme
+    communicator = await connect(user, thread)
+    reply = await start_reply(thread)
+    frames = await receive_until(communicator, final(reply))
+    # The socket rendered the end from what the generation held, not from a read of the row.
+    assert replies.held_row(str(reply.code)) is not None
+    saved = await Message.objects.select_related("reply_to").aget(pk=reply.pk)
+    assert frames[-1] == _render_message(saved, None, oob="outerHTML")
+    await communicator.disconnect()
