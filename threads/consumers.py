@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
@@ -45,6 +46,16 @@ class ThreadConsumer(AsyncWebsocketConsumer):
         for code in await _active_reply_codes(thread):
             self.synced[code] = None
             await request_snapshot(code, self.channel_name)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # channels' own dispatch first closes old database connections in a worker thread:
+        # a thread hop before every frame of every reply, for every socket. The handlers
+        # here reach the database only through database_sync_to_async, which does that
+        # itself around each call.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def disconnect(self, close_code: int) -> None:
         detach_socket(getattr(self, "local", None))

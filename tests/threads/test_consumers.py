@@ -216,3 +216,17 @@ async def test_a_reply_of_this_process_ends_on_screen_exactly_as_its_saved_row_r
     saved = await Message.objects.select_related("reply_to").aget(pk=reply.pk)
     assert frames[-1] == _render_message(saved, None, oob="outerHTML")
     await communicator.disconnect()
+
+
+async def test_frames_reach_the_socket_without_a_thread_hop_each(acme):
+    from unittest import mock
+
+    # channels' dispatch would close old connections in a worker thread before every frame.
+    _, user, thread = acme
+    communicator = await connect(user, thread)
+    with mock.patch("channels.consumer.aclose_old_connections") as hop:
+        reply = await start_reply(thread)
+        frames = await receive_until(communicator, final(reply))
+    assert len(frames) > 3
+    assert hop.call_count == 0
+    await communicator.disconnect()
