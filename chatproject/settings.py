@@ -234,6 +234,12 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 
+# Sessions are read from the cache (and written through to the database): a page request
+# or socket connect skips a query. The cache is Redis, shared by every process, when
+# REDIS_URL is set; otherwise it is this process's memory, which is right because without
+# REDIS_URL there is one process (the in-memory channel layer needs that anyway).
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+
 # Security: production settings pass `manage.py check --deploy` when DEBUG is off.
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False

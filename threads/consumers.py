@@ -8,6 +8,7 @@ it, so a reload or a second tab sees the same stream.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 from channels.consumer import get_handler_name
@@ -18,7 +19,7 @@ from django.template.loader import render_to_string
 from .events import thread_group
 from .models import Message, Thread
 from .replies import attach_socket, detach_socket, held_row, request_snapshot
-from .tenancy import user_can_see_thread
+from .send_reads import member_thread
 
 
 class ThreadConsumer(AsyncWebsocketConsumer):
@@ -174,10 +175,9 @@ def _render_event(code: str, name: str, data: dict[str, Any]) -> str:
 
 @database_sync_to_async
 def _get_thread(user: Any, code: str) -> Thread | None:
-    thread = Thread.objects.select_related("org").filter(code=code).first()
-    if thread is None or not user_can_see_thread(user, thread):
-        return None
-    return thread
+    # The thread, if the user is a member of its organisation (tenancy's rule, one statement).
+    found = member_thread(user.pk, uuid.UUID(str(code)))
+    return None if found is None else found.thread
 
 
 @database_sync_to_async

@@ -4,6 +4,8 @@
   the key's `last_used` is due for a touch and whether the organisation has a budget, in
   one statement. No row means the key, the header or the thread is wrong: the caller then
   takes the ORM path that tells which (401, 403 or 404), so errors read exactly as before.
+- `member_thread`: the same for a person on the page (thread, organisation, membership, and
+  whether there is a budget to check and whether the thread is still empty).
 - `history`: the conversation before a reply, as (role, content) pairs.
 
 The instances are built with `Model.from_db` from the columns read; any other field is
@@ -22,7 +24,7 @@ from django.db.models import Model
 
 from telemetry.models import Budget
 
-from .models import ApiKey, Message, Organization, Thread
+from .models import ApiKey, Membership, Message, Organization, Thread
 
 THREAD_COLUMNS = ("id", "org_id", "title", "system_prompt", "provider", "model")
 ORG_COLUMNS = ("id", "slug", "name", "system_prompt", "fallback_models", "continue_partial")
@@ -39,9 +41,8 @@ class Gate:
 def _gate_sql(using: str) -> str:
     qn = connections[using].ops.quote_name
     t, o, k, b = (qn(m._meta.db_table) for m in (Thread, Organization, ApiKey, Budget))
-    columns = [f"t.{qn(c)}" for c in THREAD_COLUMNS] + [f"o.{qn(c)}" for c in ORG_COLUMNS]
     return (
-        f"SELECT {', '.join(columns)}, k.id, "
+        f"SELECT {', '.join(_columns(qn))}, k.id, "
         "CASE WHEN k.last_used IS NULL OR k.last_used < %s THEN 1 ELSE 0 END "
         f"FROM {k} k JOIN {o} o ON o.id = k.org_id "
         f"JOIN {t} t ON t.org_id = o.id AND t.code = %s "
@@ -72,16 +73,63 @@ def gate(
         row = cursor.fetchone()
     if row is None:
         return None
+    thread = _thread_from_row(row, thread_code, using)
+    if org_slug is not None and org_slug != thread.org.slug:
+        return None
+    return Gate(thread=thread, key_id=row[-2], key_due=bool(row[-1]))
+
+
+@dataclass(frozen=True, slots=True)
+class MemberThread:
+    thread: Thread  # with .org loaded
+    budgeted: bool  # the organisation has a budget (check it)
+    empty: bool  # the thread has no messages yet
+
+
+def _member_sql(using: str) -> str:
+    qn = connections[using].ops.quote_name
+    t, o, ms, b, m = (
+        qn(model._meta.db_table) for model in (Thread, Organization, Membership, Budget, Message)
+    )
+    return (
+        f"SELECT {', '.join(_columns(qn))}, "
+        f"CASE WHEN EXISTS (SELECT 1 FROM {b} b WHERE b.org_id = o.id) THEN 1 ELSE 0 END, "
+        f"CASE WHEN EXISTS (SELECT 1 FROM {m} m WHERE m.thread_id = t.id) THEN 0 ELSE 1 END "
+        f"FROM {t} t JOIN {o} o ON o.id = t.org_id WHERE t.code = %s "
+        f"AND EXISTS (SELECT 1 FROM {ms} ms WHERE ms.org_id = o.id AND ms.user_id = %s)"
+    )
+
+
+def member_thread(
+    user_id: int, thread_code: uuid.UUID, using: str = "default"
+) -> MemberThread | None:
+    """Thread `thread_code` if user `user_id` is a member of its organisation, else None
+    (then tenancy.get_thread_for_user answers 404, as for a thread that does not exist)."""
+    connection = connections[using]
+    sql = _sql.get(f"member:{using}") or _sql.setdefault(f"member:{using}", _member_sql(using))
+    code = Thread._meta.get_field("code").get_db_prep_value(thread_code, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [code, user_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    thread = _thread_from_row(row, thread_code, using)
+    return MemberThread(thread=thread, budgeted=bool(row[-2]), empty=bool(row[-1]))
+
+
+def _columns(qn: Any) -> list[str]:
+    return [f"t.{qn(c)}" for c in THREAD_COLUMNS] + [f"o.{qn(c)}" for c in ORG_COLUMNS]
+
+
+def _thread_from_row(row: tuple[Any, ...], thread_code: uuid.UUID, using: str) -> Thread:
+    """The thread and its organisation from the leading columns of `row` (`_columns`)."""
     n = len(THREAD_COLUMNS)
     org_values = dict(zip(ORG_COLUMNS, row[n : n + len(ORG_COLUMNS)], strict=True))
     org_values["continue_partial"] = bool(org_values["continue_partial"])  # SQLite: 0 / 1
-    org = _from_db(Organization, using, org_values)
-    if org_slug is not None and org_slug != org.slug:
-        return None
     thread_values = dict(zip(THREAD_COLUMNS, row[:n], strict=True))
     thread = _from_db(Thread, using, {"code": thread_code, **thread_values})
-    thread.org = org
-    return Gate(thread=thread, key_id=row[-2], key_due=bool(row[-1]))
+    thread.org = _from_db(Organization, using, org_values)
+    return thread
 
 
 def _from_db[M: Model](model: type[M], using: str, values: dict[str, Any]) -> M:

@@ -24,7 +24,7 @@ from providers.base import ChatRequest
 from providers.registry import get_provider
 from telemetry.budgets import budget_status
 
-from . import exports, replies, tasks
+from . import exports, replies, send_reads, tasks
 from .models import Message, Organization, Thread, add_exchange
 from .tenancy import (
     SESSION_ORG_KEY,
@@ -164,14 +164,21 @@ class _Send:
 
 
 def _save_send(request: HtmxHttpRequest, code: uuid.UUID) -> _Send:
-    thread = get_thread_for_user(request, code)
+    # Thread, organisation, membership, budget and emptiness in one statement.
+    found = send_reads.member_thread(request.user.pk, code)
+    if found is None:
+        # No such thread here: the ORM's checks answer 404 (or, after a race, find it).
+        thread = get_thread_for_user(request, code)
+        budget_org, first = thread.org, not thread.messages.exists()
+    else:
+        thread, first = found.thread, found.empty
+        budget_org = thread.org if found.budgeted else None
     content = request.POST.get("content", "")
     provider, _, model = request.POST.get("model", "").partition(":")
     client_id = request.POST.get("client_id", "")[:64]
-    errors = check_send(content, provider, model, org=thread.org)
+    errors = check_send(content, provider, model, org=budget_org)
     if errors:
         return _Send(thread, errors)
-    first = not thread.messages.exists()
     user_message, reply, created = add_exchange(
         thread,
         content=content,

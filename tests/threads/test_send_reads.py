@@ -91,3 +91,25 @@ def test_history_is_the_conversation_before_the_reply(acme):
     )
     assert [tuple(row) for row in send_reads.history(reply)] == expected
     assert [content for _, content in expected] == ["One", "Two", "Empty reply next", "Three"]
+
+
+def test_member_thread_needs_a_membership_and_reports_budget_and_emptiness(acme):
+    from tests.factories import make_user
+
+    org, _, thread = acme
+    alice = make_user("alice", org)
+    mallory = make_user("mallory", make_org("globex"))
+    found = send_reads.member_thread(alice.pk, thread.code)
+    assert found is not None
+    assert (found.thread.pk, found.thread.org.slug, found.budgeted, found.empty) == (
+        thread.pk,
+        "acme",
+        False,
+        True,
+    )
+    assert send_reads.member_thread(mallory.pk, thread.code) is None
+    assert send_reads.member_thread(alice.pk, uuid.uuid4()) is None
+    add_exchange(thread, content="Hi", provider="demo", model="m")
+    Budget.objects.create(org=org, monthly_usd=Decimal("5"))
+    found = send_reads.member_thread(alice.pk, thread.code)
+    assert (found.budgeted, found.empty) == (True, False)
