@@ -21,7 +21,8 @@ import copy
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import aclosing
 from decimal import Decimal
 from typing import Any
@@ -627,7 +628,9 @@ class Generation:
     # --- control from other processes ---------------------------------------------------
 
     async def _join_control_group(self) -> None:
-        channel = await self.layer.new_channel()
+        # The process's control channel joins this reply's group: cancels and snapshot
+        # requests from other processes reach it there (see _ControlChannel).
+        channel = await _control_channel(self.layer)
         await self.layer.group_add(reply_group(self.code), channel)
         self.control_channel = channel
 
@@ -639,12 +642,14 @@ class Generation:
         # this process are in the group too, but get their frames directly.
         size = await _group_size(self.layer, self.group)
         self.group_members = size is None or size > len(_sockets.get(self.group, {}))
-        while True:
-            msg = await self.layer.receive(self.control_channel)
-            if msg.get("type") == "reply.cancel":
-                self.cancel()
-            elif msg.get("type") == "reply.snapshot":
-                await self.layer.send(msg["reply_channel"], self.snapshot())
+
+    def control(self, msg: dict[str, Any]) -> Awaitable[None] | None:
+        """Act on a control message from another process (cancel, snapshot request)."""
+        if msg.get("type") == "reply.cancel":
+            self.cancel()
+        elif msg.get("type") == "reply.snapshot":
+            return self.layer.send(msg["reply_channel"], self.snapshot())
+        return None
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -956,6 +961,63 @@ async def _finished_events(message: Message) -> list[dict[str, Any]]:
     return cached if cached else events_from_row(message)
 
 
+class _ControlChannel:
+    """This process's one control channel on a shared layer, and the task that receives on it.
+
+    Each generation here adds the channel to its reply's group; a message there names the
+    reply (`message`) and goes to that generation. One receive loop for the process instead
+    of one per reply: channels_redis makes every concurrent `receive()` spin up tasks and
+    contend for one lock, which cost several ms of CPU per reply at 50 streams.
+    """
+
+    def __init__(self, layer: BaseChannelLayer, name: str) -> None:
+        self.layer = layer
+        self.name = name
+        self.task = asyncio.create_task(self._receive(), name="reply-control")
+
+    async def _receive(self) -> None:
+        while True:
+            try:
+                msg = await self.layer.receive(self.name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the control channel failed; receiving again in 1 s")
+                await asyncio.sleep(1.0)  # Redis away: retry, without spinning
+                continue
+            generation = _local.get(str(msg.get("message", "")))
+            if generation is None:
+                continue  # ended meanwhile
+            try:
+                if (pending := generation.control(msg)) is not None:
+                    await pending
+            except Exception:
+                log.exception(
+                    "control message %s for reply %s failed", msg.get("type"), generation.code
+                )
+
+
+_control_channels: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ControlChannel] = (
+    weakref.WeakKeyDictionary()
+)
+_control_lock: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _control_channel(layer: BaseChannelLayer) -> str:
+    """The name of this process's (this event loop's) control channel, started on first use."""
+    loop = asyncio.get_running_loop()
+    control = _control_channels.get(loop)
+    if control is None or control.layer is not layer or control.task.done():
+        async with _control_lock.setdefault(loop, asyncio.Lock()):
+            control = _control_channels.get(loop)
+            if control is None or control.layer is not layer or control.task.done():
+                control = _ControlChannel(layer, await layer.new_channel())
+                _control_channels[loop] = control
+    return control.name
+
+
 async def request_snapshot(message_code: object, reply_channel: str) -> None:
     """Ask a running generation to send its state to `reply_channel`."""
     layer = _layer()
@@ -969,7 +1031,8 @@ async def request_snapshot(message_code: object, reply_channel: str) -> None:
         await layer.send(reply_channel, generation.snapshot())
         return
     await layer.group_send(
-        reply_group(message_code), {"type": "reply.snapshot", "reply_channel": reply_channel}
+        reply_group(message_code),
+        {"type": "reply.snapshot", "message": str(message_code), "reply_channel": reply_channel},
     )
 
 
@@ -989,7 +1052,7 @@ async def cancel(message: Message) -> str:
     await layer.group_add(group, channel)
     code = str(message.code)
     try:
-        await layer.group_send(reply_group(code), {"type": "reply.cancel"})
+        await layer.group_send(reply_group(code), {"type": "reply.cancel", "message": code})
         deadline = time.perf_counter() + CANCEL_WAIT_S
         while (left := deadline - time.perf_counter()) > 0:
             try:
