@@ -32,6 +32,8 @@ BASE_DIR = Path(settings.BASE_DIR)
 BIN_DIR = Path(sys.executable).parent
 DEFAULT_URL = "http://127.0.0.1:8000"
 READY_TIMEOUT_S = 30.0
+# A socket that goes this long without a frame mid-reply counts as an error, not a hang.
+WS_FRAME_TIMEOUT_S = 30.0
 # The fake provider's pace for smoke and bench runs (the issue's reference stream).
 FAKE_STREAM = {"ttft_ms": 200, "tokens": 50, "pace_ms": 20}
 FAKE_MODEL = ("openai", "gpt-4o-mini")
@@ -817,7 +819,12 @@ async def stream_over_websocket(
             result.error = f"send: HTTP {response.status_code}"
             return result
         while True:
-            frame = await ws.recv()
+            try:
+                frame = await asyncio.wait_for(ws.recv(), WS_FRAME_TIMEOUT_S)
+            except TimeoutError:
+                seen = "the first token" if result.ttft_ms is None else "the final render"
+                result.error = f"no frame for {WS_FRAME_TIMEOUT_S:.0f} s while waiting for {seen}"
+                return result
             now = time.perf_counter()
             if 'hx-swap-oob="beforeend"' in frame and 'id="body-' in frame:
                 result.deltas += 1
