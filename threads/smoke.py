@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 from django.conf import settings
@@ -338,27 +338,17 @@ class FakeProvider:
         return {"OPENAI_API_KEY": "test", "OPENAI_BASE_URL": f"{self.url}/openai/v1"}
 
 
-class Relay:
-    """The bare relay (threads/bench_relay.py) under daphne on a free port, in front of
-    `upstream`: the yardstick bench_overhead reads the app's overhead against."""
+class _Spawned:
+    """A child process started on entering and stopped on leaving (the app, the relay)."""
 
-    def __init__(self, upstream: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.upstream = upstream
-        self.proc: subprocess.Popen[bytes] | None = None
+    proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> Relay:
-        self.proc = subprocess.Popen(
-            [str(BIN_DIR / "daphne"), "-b", "127.0.0.1", "-p", str(self.port)]
-            + ["threads.bench_relay:application"],
-            cwd=BASE_DIR,
-            env={**os.environ, "UPSTREAM": self.upstream},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
         try:
-            wait_ready(f"{self.url}/healthz", self.proc)
+            self._start()
         except BaseException:
             self.__exit__()
             raise
@@ -372,6 +362,27 @@ class Relay:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+
+class Relay(_Spawned):
+    """The bare relay (threads/bench_relay.py) under daphne on a free port, in front of
+    `upstream`: the yardstick bench_overhead reads the app's overhead against."""
+
+    def __init__(self, upstream: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.upstream = upstream
+
+    def _start(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(BIN_DIR / "daphne"), "-b", "127.0.0.1", "-p", str(self.port)]
+            + ["threads.bench_relay:application"],
+            cwd=BASE_DIR,
+            env={**os.environ, "UPSTREAM": self.upstream},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_ready(f"{self.url}/healthz", self.proc)
 
 
 _PREPARE = """
@@ -388,7 +399,7 @@ print(ApiKey.issue(Organization.objects.get(slug="demo-org"), "smoke")[1])
 """
 
 
-class AppServer:
+class AppServer(_Spawned):
     """The app under daphne on a free port, on the embedded defaults (temp SQLite, in-memory
     layer) unless `env` names DATABASE_URL / REDIS_URL. `start=False` prepares the database and key without starting (cold start)."""
 
@@ -406,7 +417,7 @@ class AppServer:
             self.env.pop("DATABASE_URL", None)
             self.env["SQLITE_PATH"] = str(Path(self.tmp) / "db.sqlite3")
         self.start_on_enter = start
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc = None
         # Outside the temp dir, so it outlives the run for a post-mortem of any error.
         self.log_path = Path(tempfile.gettempdir()) / f"smoke-daphne-{self.port}.log"
         self.api_key = ""
@@ -450,30 +461,19 @@ class AppServer:
             return self.log_path.read_text(errors="replace")[-800:]
         return ""
 
-    def __enter__(self) -> AppServer:
-        try:
-            self.prepare()
-            if self.start_on_enter:
-                self.start()
-                self.wait()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
+    def _start(self) -> None:
+        self.prepare()
+        if self.start_on_enter:
+            self.start()
+            self.wait()
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            _stop(self.proc)
+        super().__exit__()
         shutil.rmtree(self.tmp, ignore_errors=True)
         # Keep the log only when it has something to show.
         with contextlib.suppress(OSError):
             if "Traceback" not in self.log_path.read_text(errors="replace"):
                 self.log_path.unlink()
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
 
 def cpu_seconds(pid: int) -> float:
