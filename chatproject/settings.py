@@ -195,7 +195,8 @@ if REDIS_URL:
         }
     }
     CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        # Django's RedisCache with one connection pool per process (chatproject/cache.py).
+        "default": {"BACKEND": "chatproject.cache.SharedPoolRedisCache", "LOCATION": REDIS_URL}
     }
 else:
     CHANNEL_LAYERS = {
