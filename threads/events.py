@@ -19,11 +19,6 @@ def thread_group(thread_code: object) -> str:
     return f"thread.{thread_code}"
 
 
-def reply_group(message_code: object) -> str:
-    """The generation listens here for cancel and snapshot requests."""
-    return f"reply.{message_code}"
-
-
 def sse_frame(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
     lines = []
     if event_id is not None:

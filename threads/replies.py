@@ -1,8 +1,9 @@
 """Drives one reply from start to end, independent of any socket.
 
 1. `start()` spawns a `Generation` as an asyncio task in the ASGI process.
-2. The generation joins `reply.<uuid>` to hear cancel and snapshot requests, then asks the
-   provider policy for events.
+2. The generation asks the provider policy for events. Cancels and snapshot requests reach
+   it directly from this process, and from others (shared layer) through this process's
+   control channel in the `reply-control` group (`_ControlChannel`).
 3. Text deltas are coalesced into frames (the first at once, then at most one per
    STREAM_FRAME_INTERVAL_MS) and published to the thread group; every listener (WebSocket
    consumers, SSE responses, a blocking API call) renders them.
@@ -50,7 +51,7 @@ from telemetry import metrics
 from telemetry.recorder import ReplyTimings, count_calls, record_attempts
 
 from . import rows, send_reads
-from .events import REPLY_EVENT, reply_group, thread_group
+from .events import REPLY_EVENT, thread_group
 from .models import Message, Thread
 
 log = logging.getLogger(__name__)
@@ -395,7 +396,7 @@ class Generation:
         # not wait for it.
         self.group = thread_group(self.message.thread.code)
         if self.remote:
-            control = asyncio.create_task(self._control_loop(join=not self.control_channel))
+            control = asyncio.create_task(self._control_loop())
         sender = asyncio.create_task(self._send_loop())
         ticker = asyncio.create_task(self._heartbeat_loop())
         try:
@@ -413,8 +414,6 @@ class Generation:
             for queue in self.listeners:
                 queue.put_nowait(None)
             await sender
-            if self.control_channel:
-                await self.layer.group_discard(reply_group(self.code), self.control_channel)
 
     async def _drive(self, message: Message) -> None:
         try:
@@ -628,14 +627,12 @@ class Generation:
     # --- control from other processes ---------------------------------------------------
 
     async def _join_control_group(self) -> None:
-        # The process's control channel joins this reply's group: cancels and snapshot
-        # requests from other processes reach it there (see _ControlChannel).
-        channel = await _control_channel(self.layer)
-        await self.layer.group_add(reply_group(self.code), channel)
-        self.control_channel = channel
+        # Cancels and snapshot requests from other processes reach this process's control
+        # channel (see _ControlChannel), which is in the control group from its start.
+        self.control_channel = await _control_channel(self.layer)
 
-    async def _control_loop(self, join: bool) -> None:
-        if join:
+    async def _control_loop(self) -> None:
+        if not self.control_channel:
             await self._join_control_group()
         # Publish to the thread's group only if someone is in it (sockets open on the thread
         # now); anyone joining later asks for a snapshot first (see snapshot()). Sockets of
@@ -961,13 +958,19 @@ async def _finished_events(message: Message) -> list[dict[str, Any]]:
     return cached if cached else events_from_row(message)
 
 
+CONTROL_GROUP = "reply-control"
+CONTROL_REJOIN_S = 3600.0  # well inside channels_redis's group expiry (a day)
+
+
 class _ControlChannel:
     """This process's one control channel on a shared layer, and the task that receives on it.
 
-    Each generation here adds the channel to its reply's group; a message there names the
-    reply (`message`) and goes to that generation. One receive loop for the process instead
-    of one per reply: channels_redis makes every concurrent `receive()` spin up tasks and
-    contend for one lock, which cost several ms of CPU per reply at 50 streams.
+    Every process's control channel is in CONTROL_GROUP. A cancel or a snapshot request for
+    a reply goes to the group, naming the reply (`message`); the process generating it acts,
+    the others ignore it. Those requests are rare (a person pressing stop, a socket joining
+    mid-reply), while replies are not: a reply costs no Redis round trip for its control,
+    where a group per reply cost a join and a leave, and a `receive()` per reply made
+    channels_redis spin up tasks and contend for one lock.
     """
 
     def __init__(self, layer: BaseChannelLayer, name: str) -> None:
@@ -976,13 +979,19 @@ class _ControlChannel:
         self.task = asyncio.create_task(self._receive(), name="reply-control")
 
     async def _receive(self) -> None:
+        loop = asyncio.get_running_loop()
+        joined = loop.time()  # _control_channel joined the group before starting this
         while True:
             try:
+                if loop.time() - joined > CONTROL_REJOIN_S or not joined:
+                    await self.layer.group_add(CONTROL_GROUP, self.name)
+                    joined = loop.time()
                 msg = await self.layer.receive(self.name)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("the control channel failed; receiving again in 1 s")
+                joined = 0.0  # join again: Redis may have lost the group
                 await asyncio.sleep(1.0)  # Redis away: retry, without spinning
                 continue
             generation = _local.get(str(msg.get("message", "")))
@@ -1013,7 +1022,10 @@ async def _control_channel(layer: BaseChannelLayer) -> str:
         async with _control_lock.setdefault(loop, asyncio.Lock()):
             control = _control_channels.get(loop)
             if control is None or control.layer is not layer or control.task.done():
-                control = _ControlChannel(layer, await layer.new_channel())
+                name = await layer.new_channel()
+                # In the group before any reply of this process can be asked about.
+                await layer.group_add(CONTROL_GROUP, name)
+                control = _ControlChannel(layer, name)
                 _control_channels[loop] = control
     return control.name
 
@@ -1031,7 +1043,7 @@ async def request_snapshot(message_code: object, reply_channel: str) -> None:
         await layer.send(reply_channel, generation.snapshot())
         return
     await layer.group_send(
-        reply_group(message_code),
+        CONTROL_GROUP,
         {"type": "reply.snapshot", "message": str(message_code), "reply_channel": reply_channel},
     )
 
@@ -1052,7 +1064,7 @@ async def cancel(message: Message) -> str:
     await layer.group_add(group, channel)
     code = str(message.code)
     try:
-        await layer.group_send(reply_group(code), {"type": "reply.cancel", "message": code})
+        await layer.group_send(CONTROL_GROUP, {"type": "reply.cancel", "message": code})
         deadline = time.perf_counter() + CANCEL_WAIT_S
         while (left := deadline - time.perf_counter()) > 0:
             try:
