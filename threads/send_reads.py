@@ -15,6 +15,7 @@ deferred, so touching one costs a query instead of returning a wrong value.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -62,7 +63,7 @@ def gate(
     may go on without more checks; None when anything needs the slow path (an unknown key
     or thread, another organisation named in x-org-id, or a budget to check)."""
     connection = connections[using]
-    sql = _sql.get(f"gate:{using}") or _sql.setdefault(f"gate:{using}", _gate_sql(using))
+    sql = _statement("gate", using, _gate_sql)
     params = [
         ApiKey._meta.get_field("last_used").get_db_prep_value(touch_before, connection),
         Thread._meta.get_field("code").get_db_prep_value(thread_code, connection),
@@ -106,7 +107,7 @@ def member_thread(
     """Thread `thread_code` if user `user_id` is a member of its organisation, else None
     (then tenancy.get_thread_for_user answers 404, as for a thread that does not exist)."""
     connection = connections[using]
-    sql = _sql.get(f"member:{using}") or _sql.setdefault(f"member:{using}", _member_sql(using))
+    sql = _statement("member", using, _member_sql)
     code = Thread._meta.get_field("code").get_db_prep_value(thread_code, connection)
     with connection.cursor() as cursor:
         cursor.execute(sql, [code, user_id])
@@ -139,19 +140,30 @@ def _from_db[M: Model](model: type[M], using: str, values: dict[str, Any]) -> M:
     return model.from_db(using, names, [values[n] for n in names])
 
 
+def _history_sql(using: str) -> str:
+    qn = connections[using].ops.quote_name
+    return (
+        f"SELECT role, content FROM {qn(Message._meta.db_table)} "
+        "WHERE thread_id = %s AND created <= %s AND id <> %s AND content <> '' "
+        "ORDER BY created, id"
+    )
+
+
+def _statement(name: str, using: str, build: Callable[[str], str]) -> str:
+    """The SQL of statement `name` for database `using`, built on first use."""
+    key = f"{name}:{using}"
+    sql = _sql.get(key)
+    if sql is None:
+        sql = _sql[key] = build(using)
+    return sql
+
+
 def history(message: Message, using: str = "default") -> list[tuple[str, str]]:
     """(role, content) of the thread's messages before `message`, oldest first, empty ones
     left out: the ORM's `Message.objects.filter(thread=…, created__lte=…).exclude(pk=…)
     .exclude(content="").order_by("created", "id")`."""
     connection = connections[using]
-    sql = _sql.get(f"history:{using}")
-    if sql is None:
-        qn = connection.ops.quote_name
-        sql = _sql[f"history:{using}"] = (
-            f"SELECT role, content FROM {qn(Message._meta.db_table)} "
-            "WHERE thread_id = %s AND created <= %s AND id <> %s AND content <> '' "
-            "ORDER BY created, id"
-        )
+    sql = _statement("history", using, _history_sql)
     created = Message._meta.get_field("created").get_db_prep_value(message.created, connection)
     with connection.cursor() as cursor:
         cursor.execute(sql, [message.thread_id, created, message.pk])
