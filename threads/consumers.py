@@ -174,9 +174,9 @@ def _render_event(code: str, name: str, data: dict[str, Any]) -> str:
 
 
 @database_sync_to_async
-def _get_thread(user: Any, code: str) -> Thread | None:
+def _get_thread(user: Any, code: uuid.UUID) -> Thread | None:
     # The thread, if the user is a member of its organisation (tenancy's rule, one statement).
-    found = member_thread(user.pk, uuid.UUID(str(code)))
+    found = member_thread(user.pk, code)
     return None if found is None else found.thread
 
 

@@ -31,7 +31,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
-from django.core.cache import BaseCache, caches
+from django.core.cache import cache
 from django.utils import timezone
 
 from chatproject.db import database_sync_to_async
@@ -164,18 +164,6 @@ async def _group_size(layer: BaseChannelLayer, group: str) -> int | None:
         return None
     connection = layer.connection(layer.consistent_hash(group))  # type: ignore[attr-defined]
     return int(await connection.zcard(group_key(group)))
-
-
-def _events_cache() -> BaseCache:
-    """One cache client for the process. `django.core.cache.cache` is per context, and each
-    generation runs in a fresh context: with Redis that was a new connection pool per reply."""
-    global _cache
-    if _cache is None:
-        _cache = caches.create_connection("default")
-    return _cache
-
-
-_cache: BaseCache | None = None
 
 
 def _layer() -> BaseChannelLayer:
@@ -733,7 +721,7 @@ class Generation:
         data = done_payload(message)
         data.update(warnings=self.warnings, continued_by=self.continued_by or None)
         done = self._event("done", data)
-        _events_cache().set(_events_cache_key(self.code), [*self.events, done], EVENTS_CACHE_S)
+        cache.set(_events_cache_key(self.code), [*self.events, done], EVENTS_CACHE_S)
         return done, calls
 
     def _leave_queue(self) -> None:
@@ -954,7 +942,7 @@ async def _settle_orphan(pk: int) -> Message:
 
 
 async def _finished_events(message: Message) -> list[dict[str, Any]]:
-    cached = await _events_cache().aget(_events_cache_key(message.code))
+    cached = await cache.aget(_events_cache_key(message.code))
     return cached if cached else events_from_row(message)
 
 

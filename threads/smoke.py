@@ -306,38 +306,6 @@ asyncio.run(main())
 """
 
 
-class FakeProvider:
-    """The fake vendor server (providers/fake.py) on a free port, as a subprocess."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> FakeProvider:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVE_FAKE, str(self.port)],
-            cwd=BASE_DIR,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_ready(f"{self.url}/_fake/requests", self.proc)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            _stop(self.proc)
-
-    def script(self, controls: dict[str, Any] | None = None, times: int = 1_000_000) -> None:
-        """Every request to the fake's OpenAI gpt-4o-mini gets `controls` (default FAKE_STREAM)."""
-        body = {"vendor": "openai", "model": FAKE_MODEL[1], "times": times}
-        httpx.post(f"{self.url}/_fake/reset", timeout=5)
-        httpx.post(f"{self.url}/_fake/script", json=body | (controls or FAKE_STREAM), timeout=5)
-
-    def app_env(self) -> dict[str, str]:
-        return {"OPENAI_API_KEY": "test", "OPENAI_BASE_URL": f"{self.url}/openai/v1"}
-
-
 class _Spawned:
     """A child process started on entering and stopped on leaving (the app, the relay)."""
 
@@ -362,6 +330,32 @@ class _Spawned:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+
+class FakeProvider(_Spawned):
+    """The fake vendor server (providers/fake.py) on a free port, as a subprocess."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVE_FAKE, str(self.port)],
+            cwd=BASE_DIR,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_ready(f"{self.url}/_fake/requests", self.proc)
+
+    def script(self, controls: dict[str, Any] | None = None, times: int = 1_000_000) -> None:
+        """Every request to the fake's OpenAI gpt-4o-mini gets `controls` (default FAKE_STREAM)."""
+        body = {"vendor": "openai", "model": FAKE_MODEL[1], "times": times}
+        httpx.post(f"{self.url}/_fake/reset", timeout=5)
+        httpx.post(f"{self.url}/_fake/script", json=body | (controls or FAKE_STREAM), timeout=5)
+
+    def app_env(self) -> dict[str, str]:
+        return {"OPENAI_API_KEY": "test", "OPENAI_BASE_URL": f"{self.url}/openai/v1"}
 
 
 class Relay(_Spawned):
