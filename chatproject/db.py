@@ -11,23 +11,102 @@ How many threads: `DB_THREADS`; by default one for SQLite, which takes one write
 anyway (several threads would only queue on its lock, sleeping in its busy handler), and
 four for PostgreSQL (more only queue longer for the GIL: measured with 2, 4 and 8).
 
+Which call goes first: `priority`. A person waits on `Priority.REQUEST` work (a send, a page's
+reads), on `Priority.REPLY` work a reply's end waits (its final save), and `Priority.LATER`
+work is bookkeeping nobody waits on (partial saves, heartbeats). The threads take the most
+urgent call queued, in order of submission within a priority: a send no longer queues
+behind the partial saves of every reply streaming at the time.
+
 Called from a sync caller's thread (async_to_sync, as Django's test client does), `fn` runs
 on that thread, inside its transaction, as asgiref would run it.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
+import itertools
+import queue
 import threading
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from typing import Any
 
 from asgiref.sync import AsyncToSync, SyncToAsync
 from django.conf import settings
 from django.db import connections
 
-_executor: ThreadPoolExecutor | None = None
+
+class Priority(enum.IntEnum):
+    REQUEST = 0  # a person waits for it
+    REPLY = 1  # a reply's end waits for it
+    LATER = 2  # nobody waits for it
+
+
+class _Lane(Executor):
+    """The executor asyncio hands a call to: one priority of the database threads."""
+
+    def __init__(self, threads: DatabaseThreads, priority: Priority) -> None:
+        self.threads = threads
+        self.priority = priority
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return self.threads.submit(self.priority, functools.partial(fn, *args, **kwargs))
+
+
+class DatabaseThreads:
+    """Threads that run the calls submitted to them most urgent first (see the docstring).
+
+    Daemon threads: they hold no work of their own at exit, since a server stops only after
+    its replies (and their saves) have ended.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._queue: queue.PriorityQueue[tuple[int, int, Future[Any], Callable[[], Any]]] = (
+            queue.PriorityQueue()
+        )
+        self._order = itertools.count()
+        self.lanes = {priority: _Lane(self, priority) for priority in Priority}
+        self._threads = [
+            threading.Thread(target=self._work, name=f"db_{i}", daemon=True) for i in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, priority: Priority, fn: Callable[[], Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._queue.put((priority, next(self._order), future, fn))
+        return future
+
+    def on_each_thread(self, fn: Callable[[], Any]) -> None:
+        """Run `fn` once on every thread (closing their connections), and wait for it."""
+        barrier = threading.Barrier(self.count)
+
+        def each() -> None:
+            try:
+                fn()
+            finally:
+                barrier.wait(timeout=10)  # holds each thread until all have run it
+
+        futures = [self.submit(Priority.REQUEST, each) for _ in range(self.count)]
+        for future in futures:
+            future.result()
+
+    def _work(self) -> None:
+        while True:
+            _, _, future, fn = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn()
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+
+_threads: DatabaseThreads | None = None
 _lock = threading.Lock()
 
 
@@ -44,12 +123,13 @@ def db_threads() -> int:
     return 1 if connections["default"].vendor == "sqlite" else 4
 
 
-def _db_executor() -> ThreadPoolExecutor:
-    global _executor
+def database_threads() -> DatabaseThreads:
+    """This process's database threads, started on first use."""
+    global _threads
     with _lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=db_threads(), thread_name_prefix="db")
-        return _executor
+        if _threads is None:
+            _threads = DatabaseThreads(db_threads())
+        return _threads
 
 
 def _released(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -64,7 +144,9 @@ def _released(func: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-def database_sync_to_async[**P, R](func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+def database_sync_to_async[**P, R](
+    func: Callable[P, R], priority: Priority = Priority.REQUEST
+) -> Callable[P, Awaitable[R]]:
     """Like asgiref's sync_to_async, on the database threads (see the module's docstring)."""
     released = _released(func)
 
@@ -73,7 +155,8 @@ def database_sync_to_async[**P, R](func: Callable[P, R]) -> Callable[P, Awaitabl
         if getattr(AsyncToSync.executors, "current", None) is not None:
             runner = SyncToAsync(released, thread_sensitive=True)
         else:
-            runner = SyncToAsync(released, thread_sensitive=False, executor=_db_executor())
+            lane = database_threads().lanes[priority]
+            runner = SyncToAsync(released, thread_sensitive=False, executor=lane)
         return await runner(*args, **kwargs)
 
     return call

@@ -88,6 +88,5 @@ def _close_worker_thread_connections(django_db_setup):
     from chatproject import db
 
     SyncToAsync.single_thread_executor.submit(connections.close_all).result()
-    if db._executor is not None:
-        for _ in range(db.db_threads()):
-            db._executor.submit(connections.close_all).result()
+    if db._threads is not None:
+        db._threads.on_each_thread(connections.close_all)

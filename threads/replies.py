@@ -34,7 +34,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
-from chatproject.db import database_sync_to_async
+from chatproject.db import Priority, database_sync_to_async
 from providers import catalog, policy
 from providers.base import (
     ChatRequest,
@@ -238,14 +238,15 @@ async def wait_all() -> None:
         await asyncio.gather(*mine, return_exceptions=True)
 
 
-@database_sync_to_async
-def _update_active(pk: int, fields: dict[str, Any]) -> int:
-    """Save fields of a reply that is still active (a finished row is never overwritten).
-
-    Generations outlive requests: chatproject.db's database_sync_to_async runs this on the
-    database threads and hands the connection back (to the pool) after each call.
-    """
+def _save_active(pk: int, fields: dict[str, Any]) -> int:
+    """Save fields of a reply that is still active (a finished row is never overwritten)."""
     return rows.update(Message, pk, fields, only_if_in={"status": Message.ACTIVE})
+
+
+# Generations outlive requests: chatproject.db's database_sync_to_async runs this on the
+# database threads and hands the connection back (to the pool) after each call. Partial
+# saves and heartbeats are what nobody waits for: sends go before them.
+_update_active = database_sync_to_async(_save_active, Priority.LATER)
 
 
 def _load(pk: int) -> tuple[Message, ChatRequest]:
@@ -375,7 +376,9 @@ class Generation:
                 # Listen first, so that a cancel from another process is either heard or,
                 # if it came before, found in the durable flag read just after.
                 await self._join_control_group()
-            self.message, self.request = await database_sync_to_async(_load)(self.message_pk)
+            self.message, self.request = await database_sync_to_async(_load, Priority.REPLY)(
+                self.message_pk
+            )
             _rows[self.code] = self.message
             self.cancelled = self.message.cancel_requested
         # Otherwise the row was saved by this process just now and its code has not left it
@@ -701,7 +704,7 @@ class Generation:
         message.finished = message.updated = message.heartbeat = now
         timings = self._timings(message.latency_ms)
         # One trip to a worker thread for everything the end of a reply writes.
-        done, calls = await database_sync_to_async(self._save_final)(usage, timings)
+        done, calls = await database_sync_to_async(self._save_final, Priority.REPLY)(usage, timings)
         self._publish(done)
         count_calls(calls, message)
 
