@@ -8,12 +8,30 @@ from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.core.asgi import get_asgi_application
+from django.core.signals import request_started
+from django.db import close_old_connections, reset_queries
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
 # Initialise Django before importing consumers and models (AppRegistryNotReady otherwise).
 django_asgi_app = get_asgi_application()
 
 from threads.routing import websocket_urlpatterns  # noqa: E402
+
+
+def drop_request_start_hooks() -> None:
+    """Disconnect Django's two `request_started` receivers, which only WSGI needs.
+
+    They close a worker thread's stale connection and clear its query log before a request.
+    Under ASGI a request's sync work runs on a thread Django starts for that request, which
+    holds neither yet, so they do nothing there; but `Signal.asend` still starts that thread
+    to run them, before every view, where a send's first token waits. `request_finished`
+    keeps its receivers: they close what the request's thread opened.
+    """
+    request_started.disconnect(reset_queries)
+    request_started.disconnect(close_old_connections)
+
+
+drop_request_start_hooks()
 
 application = ProtocolTypeRouter(
     {
