@@ -15,6 +15,7 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
+from django.utils.html import escape
 
 from .events import thread_group
 from .models import Message, Thread
@@ -165,8 +166,17 @@ def _render_message(message: Message, live: dict[str, Any] | None, oob: str) -> 
     )
 
 
+# The frames a reply streams most, one per STREAM_FRAME_INTERVAL_MS for every socket on the
+# thread, skip the template engine: the same markup as the `frame-delta` and
+# `frame-reasoning` partials (a test keeps them equal) for a tenth of the cost.
+_APPENDED = {"delta": "body", "reasoning": "reasoning"}
+
+
 def _render_event(code: str, name: str, data: dict[str, Any]) -> str:
-    if name in ("delta", "reasoning", "status", "sources", "error"):
+    if (target := _APPENDED.get(name)) is not None:
+        text = escape(data["text"])
+        return f'<span id="{target}-{escape(code)}" hx-swap-oob="beforeend">{text}</span>'
+    if name in ("status", "sources", "error"):
         return render_to_string(
             f"threads/thread_detail.html#frame-{name}", {"code": code, "data": data}
         )

@@ -230,3 +230,21 @@ async def test_frames_reach_the_socket_without_a_thread_hop_each(acme):
     assert len(frames) > 3
     assert hop.call_count == 0
     await communicator.disconnect()
+
+
+@pytest.mark.parametrize("name", ["delta", "reasoning"])
+@pytest.mark.parametrize(
+    "text", ["plain", "<script>alert('x')</script> & \"quotes\"", "naïve — 🙂\nnext line", ""]
+)
+def test_streamed_frames_match_their_template_partials(name, text):
+    """Deltas and reasoning skip the template engine; the markup must stay the partials'."""
+    from django.template.loader import render_to_string
+
+    from threads.consumers import _render_event
+
+    code = "3f2c7a1e-0000-4000-8000-000000000001"
+    data = {"text": text}
+    partial = render_to_string(
+        f"threads/thread_detail.html#frame-{name}", {"code": code, "data": data}
+    )
+    assert _render_event(code, name, data) == partial
