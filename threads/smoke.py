@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -787,21 +788,32 @@ async def new_page_thread(http: httpx.AsyncClient, url: str) -> str:
     return location.rstrip("/").rsplit("/", 1)[-1]
 
 
+async def open_page_socket(http: httpx.AsyncClient, url: str, thread_id: str) -> WebSocket:
+    """The socket a thread's page opens when it loads."""
+    ws_url = url.replace("http://", "ws://") + f"/ws/threads/{thread_id}/"
+    return await WebSocket.connect(ws_url, {"Origin": url, "Cookie": cookie_header(http)})
+
+
+_REPLY_ARTICLE = re.compile(r'<article id="msg-([0-9a-f-]{36})" class="msg msg-assistant"')
+
+
 async def stream_over_websocket(
-    http: httpx.AsyncClient, url: str, thread_id: str, model: str
+    http: httpx.AsyncClient, url: str, thread_id: str, model: str, ws: WebSocket | None = None
 ) -> StreamResult:
     """Send from the compose form and time the reply as the page's socket sees it.
 
-    TTFT: the POST's start to the first `hx-swap-oob="beforeend"` token frame; latency: to
-    the final render of the reply (`<article ... hx-swap-oob="outerHTML"`).
+    `ws`: the page's socket, open already, as a person sends one message after another from
+    the same page (see open_page_socket); without it, a socket opened for this reply alone.
+    TTFT: the POST's start to the reply's first token frame; latency: to its final render.
     """
     result = StreamResult(thread_id=thread_id)
-    ws_url = url.replace("http://", "ws://") + f"/ws/threads/{thread_id}/"
-    try:
-        ws = await WebSocket.connect(ws_url, {"Origin": url, "Cookie": cookie_header(http)})
-    except (OSError, ConnectionError) as exc:
-        result.error = f"connect: {exc}"
-        return result
+    own = ws is None
+    if ws is None:
+        try:
+            ws = await open_page_socket(http, url, thread_id)
+        except (OSError, ConnectionError) as exc:
+            result.error = f"connect: {exc}"
+            return result
     try:
         started = time.perf_counter()
         response = await http.post(
@@ -812,6 +824,14 @@ async def stream_over_websocket(
         if response.status_code != 200:
             result.error = f"send: HTTP {response.status_code}"
             return result
+        found = _REPLY_ARTICLE.search(response.text)
+        if found is None:
+            result.error = "send: no reply in the response"
+            return result
+        code = found.group(1)
+        result.message_id = code
+        token_frame = f'<span id="body-{code}" hx-swap-oob="beforeend">'
+        final_frame = f'<article id="msg-{code}"'
         while True:
             try:
                 frame = await asyncio.wait_for(ws.recv(), WS_FRAME_TIMEOUT_S)
@@ -820,18 +840,19 @@ async def stream_over_websocket(
                 result.error = f"no frame for {WS_FRAME_TIMEOUT_S:.0f} s while waiting for {seen}"
                 return result
             now = time.perf_counter()
-            if 'hx-swap-oob="beforeend"' in frame and 'id="body-' in frame:
+            if frame.startswith(token_frame):
                 result.deltas += 1
                 if result.ttft_ms is None:
                     result.ttft_ms = (now - started) * 1000
-            elif result.ttft_ms is not None and "<article" in frame and "outerHTML" in frame:
+            elif result.ttft_ms is not None and final_frame in frame and "outerHTML" in frame:
                 result.latency_ms = (now - started) * 1000
                 break
     except (OSError, ConnectionError, asyncio.IncompleteReadError, httpx.HTTPError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         return result
     finally:
-        await ws.close()
+        if own:
+            await ws.close()
     result.ok = True
     result.status = "complete"
     return result

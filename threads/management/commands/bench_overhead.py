@@ -5,7 +5,8 @@
 2. At each concurrency level, stream the same replies straight from the fake (the baseline),
    through a bare relay (threads/bench_relay.py: this machine's floor for HTTP in, httpx,
    HTTP out), through the app's SSE endpoint, and through the page's WebSocket (what a
-   browser sees). By default the streams start spread over one reply's length (`--arrival
+   browser sees: each page keeps its socket open from one message to the next, unless
+   `--socket-per-reply`). By default the streams start spread over one reply's length (`--arrival
    steady`, people chatting); `--arrival burst` starts each round's all at once.
 3. Report the added TTFT and latency (P50 / P95), the app's and the relay's CPU time per
    upstream chunk, RSS per active stream (from /proc), and on PostgreSQL the rows written
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from django.conf import settings
 from django.core.management.base import CommandError, CommandParser
 
@@ -52,6 +54,12 @@ class Command(smoke.SmokeCommand):
         parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/test")
         parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/7")
         parser.add_argument("--no-websocket", action="store_true", help="Skip the WebSocket path.")
+        parser.add_argument(
+            "--socket-per-reply",
+            action="store_true",
+            help="Open a new WebSocket for every reply instead of one per page kept open "
+            "(a browser keeps its page's socket from one message to the next).",
+        )
         parser.add_argument(
             "--no-relay",
             action="store_true",
@@ -195,16 +203,8 @@ class Command(smoke.SmokeCommand):
                         writes = (await _pg_writes(pg_url) or 0) - (writes0 or 0)
                     ws: list[smoke.StreamResult] = []
                     if browser is not None:
-                        pages = [await smoke.new_page_thread(browser, server.url) for _ in range(c)]
-                        model = ":".join(smoke.FAKE_MODEL)
-                        ws = await smoke.run_concurrently(
-                            n,
-                            c,
-                            lambda i, b=browser, p=pages, c=c, m=model: smoke.stream_over_websocket(
-                                b, server.url, p[i % c], m
-                            ),
-                            smoke.Progress(self, f"{key} websocket", n, verbosity),
-                            spread,
+                        ws = await self._websocket_level(
+                            browser, server.url, n, c, spread, options, f"{key} websocket"
                         )
                     measured = _Measured(direct, relayed, sse, ws, cpu, relay_cpu)
                     self._record(report, key, c, measured, peak[0] - rss0, writes)
@@ -212,6 +212,50 @@ class Command(smoke.SmokeCommand):
                 if browser is not None:
                     await browser.aclose()
         self._check(report, backend, levels, options)
+
+    async def _websocket_level(
+        self,
+        browser: httpx.AsyncClient,
+        url: str,
+        n: int,
+        c: int,
+        spread: float,
+        options: dict[str, Any],
+        label: str,
+    ) -> list[smoke.StreamResult]:
+        """`n` replies from `c` people, each on a thread page of their own. A page keeps its
+        socket open from one message to the next, as a browser does (`--socket-per-reply`:
+        a new socket for every reply, as if the page were reloaded before each send)."""
+        model = ":".join(smoke.FAKE_MODEL)
+        pages: asyncio.Queue[tuple[str, smoke.WebSocket | None]] = asyncio.Queue()
+        for _ in range(c):
+            page = await smoke.new_page_thread(browser, url)
+            socket = None
+            if not options["socket_per_reply"]:
+                socket = await smoke.open_page_socket(browser, url, page)
+            pages.put_nowait((page, socket))
+
+        async def reply(i: int) -> smoke.StreamResult:
+            page, socket = await pages.get()  # one reply at a time per page
+            try:
+                result = await smoke.stream_over_websocket(browser, url, page, model, socket)
+                if socket is not None and not result.ok:
+                    # Whatever broke, the next reply on this page gets a fresh socket.
+                    await socket.close()
+                    socket = await smoke.open_page_socket(browser, url, page)
+                return result
+            finally:
+                pages.put_nowait((page, socket))
+
+        try:
+            return await smoke.run_concurrently(
+                n, c, reply, smoke.Progress(self, label, n, options["verbosity"]), spread
+            )
+        finally:
+            while not pages.empty():
+                _, socket = pages.get_nowait()
+                if socket is not None:
+                    await socket.close()
 
     def _record(
         self,
