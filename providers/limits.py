@@ -258,7 +258,9 @@ class LocalSlot(Slot):
 
 # KEYS: queue zset, queue-alive zset, seq counter, then (held, grants, pause) per limit.
 # ARGV: slot id, alive ms, lease ms, window ms, limit count, then (concurrency, rpm) per limit
-#       (-1 = no limit). Returns {granted, position, wait_ms}.
+#       (-1 = no limit). Returns {granted, position, wait_ms}. A granted slot is recorded only
+#       where a limit counts it: in `held` under a concurrency limit, in `grants` under an rpm
+#       limit; so a slot granted under no concurrency limit holds nothing to release.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -297,10 +299,14 @@ redis.call('ZREM', KEYS[1], id)
 redis.call('ZREM', KEYS[2], id)
 for i = 0, n - 1 do
   local held, grants = KEYS[4 + 3 * i], KEYS[5 + 3 * i]
-  redis.call('ZADD', held, now + lease_ms, id)
-  redis.call('ZADD', grants, now, id)
-  redis.call('PEXPIRE', held, keep)
-  redis.call('PEXPIRE', grants, keep)
+  if tonumber(ARGV[6 + 2 * i]) >= 0 then
+    redis.call('ZADD', held, now + lease_ms, id)
+    redis.call('PEXPIRE', held, keep)
+  end
+  if tonumber(ARGV[7 + 2 * i]) >= 0 then
+    redis.call('ZADD', grants, now, id)
+    redis.call('PEXPIRE', grants, keep)
+  end
 end
 return {1, 0, 0}
 """
@@ -443,7 +449,8 @@ class RedisSlot(Slot):
             self.queued_s = loop.time() - self._started
             if granted:
                 self.granted = True
-                self._renewer = asyncio.create_task(self._renew_lease())
+                if self._holds():
+                    self._renewer = asyncio.create_task(self._renew_lease())
                 raise StopAsyncIteration
             if position != self.position:
                 self.position = int(position)
@@ -456,6 +463,10 @@ class RedisSlot(Slot):
             if wait_ms:
                 pause = min(max(pause, int(wait_ms) / 1000), 1.0)
             await asyncio.sleep(min(pause, left))
+
+    def _holds(self) -> bool:
+        """Whether a granted slot is in a `held` set (a concurrency limit counts it)."""
+        return any(limit.concurrency is not None for limit in self.limits)
 
     async def _renew_lease(self) -> None:
         lim = self.limiter
@@ -476,8 +487,8 @@ class RedisSlot(Slot):
             return
         if self._renewer is not None:
             self._renewer.cancel()
-        if self._started is None:
-            return
+        if self._started is None or (self.granted and not self._holds()):
+            return  # never asked, or granted without being held: nothing in Redis to remove
         lim = self.limiter
         try:
             async with lim.redis.pipeline(transaction=True) as pipe:

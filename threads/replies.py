@@ -348,9 +348,11 @@ class Generation:
         self.continued_by = ""
         self.cancelled = False
         self.ended = False
-        # Shared layer: whether the thread's group has members (None: not known yet, so
-        # publish), and whether anyone asked for a snapshot (then it listens there).
+        # Shared layer: whether the thread's group has members (None: not known, so publish),
+        # known once `members_known` is set; and whether anyone asked for a snapshot (then it
+        # listens there).
         self.group_members: bool | None = None
+        self.members_known = asyncio.Event()
         self.asked = False
         self.control_channel = ""
         self.stream_task: asyncio.Task[tuple[str, str]] | None = None
@@ -547,8 +549,14 @@ class Generation:
         return self.asked or self.group_members is not False
 
     async def _send_loop(self) -> None:
-        # One sender keeps frames in order without making the stream wait for the layer.
+        # One sender keeps frames in order without making the stream wait for the layer. On a
+        # shared layer it first waits for the group's size (one round trip): a reply nobody
+        # follows over the layer, the usual case, then publishes nothing at all.
+        if self.remote:
+            await self.members_known.wait()
         while (event := await self.outbox.get()) is not None:
+            if not self._group_listens():
+                continue  # queued before the size was known, and nobody is there
             try:
                 await self.layer.group_send(self.group, event)
                 if self.first_frame_at is None and event["event"] == "delta":
@@ -623,13 +631,16 @@ class Generation:
         self.control_channel = await _control_channel(self.layer)
 
     async def _control_loop(self) -> None:
-        if not self.control_channel:
-            await self._join_control_group()
-        # Publish to the thread's group only if someone is in it (sockets open on the thread
-        # now); anyone joining later asks for a snapshot first (see snapshot()). Sockets of
-        # this process are in the group too, but get their frames directly.
-        size = await _group_size(self.layer, self.group)
-        self.group_members = size is None or size > len(_sockets.get(self.group, {}))
+        try:
+            if not self.control_channel:
+                await self._join_control_group()
+            # Publish to the thread's group only if someone is in it (sockets open on the
+            # thread now); anyone joining later asks for a snapshot first (see snapshot()).
+            # Sockets of this process are in the group too, but get their frames directly.
+            size = await _group_size(self.layer, self.group)
+            self.group_members = size is None or size > len(_sockets.get(self.group, {}))
+        finally:
+            self.members_known.set()  # unknown after a failure: the sender publishes
 
     def control(self, msg: dict[str, Any]) -> Awaitable[None] | None:
         """Act on a control message from another process (cancel, snapshot request)."""

@@ -284,3 +284,33 @@ async def test_it_falls_back_to_in_process_limits_when_redis_is_down():
         await b.finish()
     finally:
         await limiter.aclose()
+
+
+@redis_only
+async def test_a_slot_under_no_limit_holds_nothing_to_release(redis_limiters, monkeypatch):
+    """Most models have no limit: their slot only checks the model's pause and the queue, and
+    once granted leaves nothing in Redis, so its release costs no round trip."""
+    one = redis_limiters()
+    model = "openai:gpt-4o-mini"
+    slot = one.slot(model, (Limit(model),), max_wait_s=1)
+    assert [p async for p in slot] == []
+    assert slot._renewer is None
+    assert await one.redis.exists(one.key("c", model), one.key("r", model)) == 0
+    assert await one.redis.zcard(one.key("q", model)) == 0
+
+    def no_round_trip(*args, **kwargs):
+        raise AssertionError("released through Redis")
+
+    monkeypatch.setattr(one.redis, "pipeline", no_round_trip)
+    await slot.release()
+
+
+@redis_only
+async def test_a_pause_holds_back_a_slot_under_no_limit_too(redis_limiters):
+    one, two = redis_limiters(), redis_limiters()
+    model = "openai:gpt-4o-mini"
+    await one.pause(model, 0.3)
+    waiting = Client(two, "a", limits=(Limit(model),))
+    assert await waiting.next() == ("queued", 1)
+    assert await waiting.next() == ("granted", None)
+    await waiting.finish()
