@@ -19,7 +19,7 @@ from .base import (
     TextDelta,
     Usage,
 )
-from .sse import SSEProvider, parse_json
+from .sse import SSEEvent, SSEProvider, parse_json
 from .turns import alternating
 
 API_VERSION = "2023-06-01"
@@ -46,6 +46,11 @@ def _input_tokens(usage: dict[str, Any]) -> int:
         int(usage.get(k) or 0)
         for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
     )
+
+
+def _is_stop(event: SSEEvent) -> bool:
+    """The last event of a reply, `event: message_stop`."""
+    return event.event == "message_stop"
 
 
 class AnthropicProvider(SSEProvider):
@@ -80,7 +85,9 @@ class AnthropicProvider(SSEProvider):
         reason = FinishReason.STOP
         done = False
         url = f"{self.config.base_url}/messages"
-        events = self.events(model, url, headers=self.headers(), body=self.body(request))
+        events = self.events(
+            model, url, headers=self.headers(), body=self.body(request), last=_is_stop
+        )
         async with aclosing(events):
             async for event in events:
                 data = parse_json(self, model, event.data)
@@ -113,7 +120,8 @@ class AnthropicProvider(SSEProvider):
                         prompt_tokens = _input_tokens(usage)
                 elif kind == "message_stop":
                     done = True
-                    break
+                    if not _is_stop(event):
+                        break  # named only in its data: `events` does not know it is the last
         if not done:
             raise errors.stream_cut(self, model)
         usage_event = None

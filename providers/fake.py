@@ -44,7 +44,7 @@ Control names (header / suffix alias / script key):
     sources              Perplexity: how many citations/search results (default 2)
     status               answer with this error instead (see "Errors" below)
     retry_after (retry)  seconds (or an HTTP-date) for the vendor's retry hint
-    fault                hang | stall | cut | reset | malformed | error
+    fault                hang | stall | cut | reset | malformed | error | linger
     fault_at             after how many tokens a mid-stream fault strikes (default: half)
     think                stream reasoning (Gemini thoughts, Anthropic thinking, Perplexity
                          <think> tags split across chunks, OpenRouter/compat delta.reasoning);
@@ -58,7 +58,8 @@ Control names (header / suffix alias / script key):
 Faults: `hang` reads the request and never answers; the others start a normal stream and,
 after `fault_at` tokens: `stall` goes silent, `cut` ends the body cleanly without the
 vendor's terminal event, `reset` drops the connection mid-body, `malformed` sends a data line
-that is not JSON, `error` sends the vendor's in-stream error event.
+that is not JSON, `error` sends the vendor's in-stream error event. `linger` sends the whole
+reply, terminal event included, and then leaves the body open instead of ending it.
 
 Errors: `status` picks a scenario by its usual status and each vendor answers the way it
 really does (protocols doc, section 4): 400 bad request, 401 bad key (Perplexity: an HTML
@@ -81,6 +82,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import threading
 import time
@@ -175,7 +177,7 @@ _ALIASES = {
     "no-usage": "no_usage",
     "prompt": "prompt_tokens",
 }
-_FAULTS = {"hang", "stall", "cut", "reset", "malformed", "error"}
+_FAULTS = {"hang", "stall", "cut", "reset", "malformed", "error", "linger"}
 _FLAGS = {"think", "no_usage", "nousage", "daily", "quota", "blocked"}
 
 
@@ -237,6 +239,7 @@ class RecordedRequest:
     vendor: str = ""
     model: str = ""
     client_closed: bool = False  # the client hung up before the server finished
+    connection: int = 0  # which of the server's connections it came on (from 1)
     finished: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -249,6 +252,7 @@ class RecordedRequest:
             "vendor": self.vendor,
             "model": self.model,
             "client_closed": self.client_closed,
+            "connection": self.connection,
             "finished": self.finished.is_set(),
         }
 
@@ -1315,8 +1319,9 @@ class _Incoming:
 class _Connection:
     """A client connection's reader, with what was read but not yet used."""
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
+    def __init__(self, reader: asyncio.StreamReader, number: int) -> None:
         self.reader = reader
+        self.number = number  # the server's count of connections, from 1
         self.pending = bytearray()
 
     async def fill(self) -> bool:
@@ -1331,6 +1336,7 @@ class FakeProviderServer:
 
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
+        self._connections = itertools.count(1)
         self._scenarios: list[Scenario] = []
         self._lock = threading.Lock()  # the fixture scripts from the test thread
         self._server: asyncio.Server | None = None
@@ -1394,7 +1400,7 @@ class FakeProviderServer:
         self._tasks.add(task)
         try:
             # One request after another, until the client or a fault closes the connection.
-            conn = _Connection(reader)
+            conn = _Connection(reader, next(self._connections))
             while (incoming := await self._read(conn)) is not None:
                 if not await self._serve(incoming, conn, writer):
                     break
@@ -1456,6 +1462,7 @@ class FakeProviderServer:
         record = RecordedRequest(
             incoming.method, incoming.path, incoming.query, incoming.headers, payload, route[0]
         )
+        record.connection = conn.number
         with self._lock:
             self.requests.append(record)
         responder = asyncio.create_task(self._respond(route, incoming, record, wire))
@@ -1543,7 +1550,7 @@ class FakeProviderServer:
         c = reply.controls
         frames = vendor.frames(reply)
         tokens = sum(f.token for f in frames)
-        fault = c.fault if c.fault in _FAULTS - {"hang"} else ""
+        fault = c.fault if c.fault in _FAULTS - {"hang", "linger"} else ""
         fault_at = min(tokens, c.fault_at if c.fault_at is not None else tokens // 2)
         await wire.start(vendor.content_type, vendor.stream_headers(reply))
         sent = 0
@@ -1559,6 +1566,8 @@ class FakeProviderServer:
                 await asyncio.sleep(c.pace_ms / 1000)
             await wire.chunk(frame.data)
             sent += frame.token
+        if c.fault == "linger":
+            await asyncio.Event().wait()  # every event sent, the body left open
         await wire.end()
 
     async def _fault(self, fault: str, vendor: Vendor, reply: Reply, wire: _Wire) -> None:

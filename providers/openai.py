@@ -21,7 +21,7 @@ from .base import (
     TextDelta,
     Usage,
 )
-from .sse import SSEProvider, parse_json
+from .sse import SSEEvent, SSEProvider, parse_json
 
 _FINISH = {
     "stop": FinishReason.STOP,
@@ -119,12 +119,14 @@ class OpenAIProvider(SSEProvider):
         reason = FinishReason.STOP
         done = False
         url = f"{self.config.base_url}/chat/completions"
-        events = self.events(model, url, headers=self.headers(), body=self.body(request))
+        events = self.events(
+            model, url, headers=self.headers(), body=self.body(request), last=is_done
+        )
         async with aclosing(events):
             async for event in events:
-                if event.data.startswith("[DONE]"):
+                if is_done(event):
                     done = True
-                    break
+                    continue  # the last event: `events` reads the body's end, then stops
                 if event.event == "error":
                     raise errors.from_stream(self, model, error_payload(event.data))
                 chunk = parse_json(self, model, event.data)
@@ -155,6 +157,11 @@ class OpenAIProvider(SSEProvider):
             raise errors.stream_cut(self, model)
         for closing in self.closing_events(request, usage, "".join(output), reason):
             yield closing
+
+
+def is_done(event: SSEEvent) -> bool:
+    """The OpenAI wire's last event, `data: [DONE]`."""
+    return event.data.startswith("[DONE]")
 
 
 class OpenAICompatProvider(OpenAIProvider):

@@ -23,7 +23,7 @@ from .base import (
     TextDelta,
     Usage,
 )
-from .openai import OpenAIProvider, error_payload, finish_reason, openai_usage
+from .openai import OpenAIProvider, error_payload, finish_reason, is_done, openai_usage
 from .sse import parse_json
 from .turns import alternating
 
@@ -128,11 +128,13 @@ class PerplexityProvider(OpenAIProvider):
         reason: FinishReason | None = None
         sources: tuple[Source, ...] = ()
         url = f"{self.config.base_url}/chat/completions"
-        events = self.events(model, url, headers=self.headers(), body=self.body(request))
+        events = self.events(
+            model, url, headers=self.headers(), body=self.body(request), last=is_done
+        )
         async with aclosing(events):
             async for event in events:
-                if event.data.startswith("[DONE]"):
-                    break  # not sent today; harmless if it ever is
+                if is_done(event):
+                    continue  # not sent today; if it ever is, `events` stops after it
                 if event.event == "error":
                     raise errors.from_stream(self, model, error_payload(event.data))
                 chunk = parse_json(self, model, event.data)

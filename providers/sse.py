@@ -8,6 +8,7 @@ its own JSON: non-2xx is classified before any SSE is read, the whole stream is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from contextlib import aclosing
@@ -17,7 +18,7 @@ from typing import Any, cast
 import httpx
 
 from . import errors
-from .base import ChatRequest, Finish, FinishReason, Provider, Usage
+from .base import ChatRequest, Finish, FinishReason, Provider, ProviderError, Usage
 from .tokens import estimate_prompt_tokens, estimate_tokens
 
 
@@ -106,16 +107,30 @@ async def iter_sse(
             yield event
 
 
+# How long a stream's end may take to arrive after its last event (see SSEProvider.events).
+END_OF_BODY_WAIT_S = 0.2
+
+
 class SSEProvider(Provider):
     """A Provider whose replies arrive as SSE over one POST."""
 
     async def events(
-        self, model: str, url: str, *, headers: dict[str, str], body: dict[str, Any]
+        self,
+        model: str,
+        url: str,
+        *,
+        headers: dict[str, str],
+        body: dict[str, Any],
+        last: Callable[[SSEEvent], bool] | None = None,
     ) -> AsyncGenerator[SSEEvent]:
         """Yield the SSE events of one POST, raising ProviderError for every failure.
 
         The response lives inside this generator, so closing it (or cancelling its consumer)
-        closes the upstream connection.
+        closes the upstream connection. `last` names the vendor's final event (`[DONE]`):
+        after it the generator reads the body to its end (at most END_OF_BODY_WAIT_S) and
+        stops, so the connection goes back to the pool for the next reply. A consumer that
+        broke off at that event instead would close the response mid-body, and with it the
+        connection: a new TCP (and TLS) handshake for every reply.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.max_stream_s
@@ -142,6 +157,9 @@ class SSEProvider(Provider):
                 async with aclosing(reads), aclosing(iter_sse(reads, check_length)) as events:
                     async for event in events:
                         yield event
+                        if last is not None and last(event):
+                            await _read_to_end(events)
+                            return
         except httpx.ConnectTimeout:
             raise errors.timed_out(self, model, self.config.connect_timeout_s, connecting=True)
         except httpx.TimeoutException:
@@ -169,6 +187,15 @@ class SSEProvider(Provider):
                 estimated=True,
             )
         return usage, Finish(reason)
+
+
+async def _read_to_end(events: AsyncIterator[SSEEvent]) -> None:
+    """Read what follows the last event (the body's end), ignoring it; give up after
+    END_OF_BODY_WAIT_S, when closing the response closes the connection instead."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError, ProviderError):
+        async with asyncio.timeout(END_OF_BODY_WAIT_S):
+            async for _ in events:
+                pass
 
 
 def parse_json(provider: Provider, model: str, data: str) -> Any:

@@ -20,7 +20,8 @@ threads alike. `fake_provider` resets it before and after each test and yields a
                                      status=429, retry_after="3", fault="hang", tokens=5
     fake.requests                    recorded requests, oldest first: .path, .query,
                                      .headers (lower-case names), .json, .vendor, .model,
-                                     .client_closed (the client hung up first)
+                                     .client_closed (the client hung up first),
+                                     .connection (the server's connection number, from 1)
     fake.last_request                the newest one
     await request.finished_async()   wait until the server is done with a request (no sleep);
                                      request.wait_finished() from sync code
