@@ -19,10 +19,10 @@ def thread_group(thread_code: object) -> str:
     return f"thread.{thread_code}"
 
 
+# One encoder for every frame: json.dumps with options builds a new one per call.
+_to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def sse_frame(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
-    lines = []
-    if event_id is not None:
-        lines.append(f"id: {event_id}")
-    lines.append(f"event: {event}")
-    lines.append("data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False))
-    return ("\n".join(lines) + "\n\n").encode()
+    head = f"event: {event}" if event_id is None else f"id: {event_id}\nevent: {event}"
+    return f"{head}\ndata: {_to_json(data)}\n\n".encode()

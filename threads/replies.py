@@ -114,6 +114,9 @@ def detach_socket(socket: LocalSocket | None) -> None:
         _sockets.pop(socket.group, None)
 
 
+# Put in a follower's queue by its timer after keepalive_s without an event.
+_PAUSE: dict[str, Any] = {"event": "pause"}
+
 HEARTBEAT_S = 10.0
 SNAPSHOT_TIMEOUT_S = 2.0
 IDLE_PROBE_S = 30.0
@@ -575,6 +578,22 @@ class Generation:
         # Snapshot and subscription in one step of the loop: nothing falls between them.
         backlog = [e for e in self.events if e["seq"] > after_seq]
         self.listeners.add(queue)
+        # Keep-alives come from one timer per pause, not a timeout around every wait.
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        timer: asyncio.TimerHandle | None = None
+        if keepalive_s is not None:
+            interval = keepalive_s
+
+            def check() -> None:
+                nonlocal timer
+                quiet = loop.time() - last
+                if quiet >= interval:
+                    queue.put_nowait(_PAUSE)
+                    quiet = 0.0
+                timer = loop.call_later(interval - quiet, check)
+
+            timer = loop.call_later(interval, check)
         try:
             for event in backlog:
                 yield event
@@ -582,19 +601,18 @@ class Generation:
                     return
             if self.ended:
                 return
-            while True:
-                try:
-                    event = await asyncio.wait_for(queue.get(), keepalive_s)
-                except TimeoutError:
+            while (event := await queue.get()) is not None:
+                if event is _PAUSE:
                     yield None
                     continue
-                if event is None:
-                    return
+                last = loop.time()
                 yield event
                 if event["event"] == "done":
                     return
         finally:
             self.listeners.discard(queue)
+            if timer is not None:
+                timer.cancel()
 
     def snapshot(self, through_layer: bool = True) -> dict[str, Any]:
         # Whoever asks through the layer has joined the thread's group and takes live events

@@ -140,3 +140,24 @@ async def test_keepalives_through_the_layer_path_fill_pauses_and_pass_errors_on(
             if seen.count(None) == 2:
                 release.set()
     assert seen[0] == "start" and seen[1:3] == [None, None] and seen[-1] == "delta"
+
+
+async def test_a_follower_of_a_local_reply_gets_keepalives_in_its_pauses(api, settings):
+    """While the provider is silent (here: its time to first token), a follower gets None
+    after each keep-alive interval, then the reply's events in order."""
+    from threads import replies
+    from threads.models import add_exchange
+
+    settings.DEMO_TTFT_MS = 300
+    _, thread = api
+    _, reply, _ = await sync_to_async(add_exchange)(
+        thread, content="Hi", provider="demo", model="demo-chat"
+    )
+    reply = await Message.objects.select_related("thread").aget(pk=reply.pk)
+    replies.start(reply)
+    seen = [e if e is None else e["event"] async for e in replies.follow(reply, 0, 0.05)]
+
+    first_delta = seen.index("delta")
+    assert None in seen[:first_delta]  # a keep-alive before the first token
+    events = [e for e in seen if e is not None]
+    assert events[0] == "start" and events[-1] == "done"
