@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 from channels.auth import AuthMiddlewareStack
@@ -10,6 +11,7 @@ from channels.security.websocket import AllowedHostsOriginValidator
 from django.core.asgi import get_asgi_application
 from django.core.signals import request_started
 from django.db import close_old_connections, reset_queries
+from django.urls import get_resolver
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
 # Initialise Django before importing consumers and models (AppRegistryNotReady otherwise).
@@ -33,6 +35,22 @@ def drop_request_start_hooks() -> None:
 
 drop_request_start_hooks()
 
+
+def freeze_startup_objects() -> None:
+    """Load every view now and keep what start-up made out of the garbage collector's way.
+
+    A full collection walks every object the process holds: after start-up that is Django,
+    the URL configuration, the API's schemas and the catalog, none of which will ever be
+    garbage, and one such collection stopped every stream for 100-130 ms at 25 streams.
+    `gc.freeze()` moves them to a generation no collection looks at; full collections then
+    walk only what the process made since (about 30 ms). Loading the URL configuration here,
+    rather than on the first request, makes its objects part of that.
+    """
+    get_resolver().url_patterns  # noqa: B018 - imports every view, the API and its schemas
+    gc.collect()
+    gc.freeze()
+
+
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
@@ -42,3 +60,5 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+freeze_startup_objects()

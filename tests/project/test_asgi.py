@@ -18,3 +18,12 @@ def test_no_thread_hop_before_the_view():
 def test_the_request_thread_still_closes_its_connections_at_the_end():
     drop_request_start_hooks()
     assert close_old_connections in [ref() for _, ref, *_ in request_finished.receivers]
+
+
+def test_start_up_loads_every_view_and_freezes_what_it_made():
+    """A full garbage collection then walks only what the process made after start-up."""
+    import gc
+    import sys
+
+    assert "threads.api" in sys.modules and "threads.views" in sys.modules
+    assert gc.get_freeze_count() > 10_000
