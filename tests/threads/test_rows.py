@@ -106,3 +106,66 @@ def test_save_fields_writes_the_instance_and_fails_on_a_missing_row():
     Message.objects.filter(pk=reply.pk).delete()
     with pytest.raises(DatabaseError):
         rows.save_fields(reply, ["content"])
+
+
+def _pair(thread: Thread, client_id: str = "") -> tuple[Message, Message]:
+    user = Message(
+        thread=thread, role=Message.Role.USER, content="Hi", client_id=client_id, created=WHEN
+    )
+    reply = Message(
+        thread=thread,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.QUEUED,
+        requested_provider="demo",
+        requested_model="demo-chat",
+        created=WHEN,
+    )
+    return user, reply
+
+
+@pytest.mark.django_db(transaction=True)
+def test_insert_linked_stores_both_rows_and_the_update():
+    """Outside a transaction, as a send runs: on PostgreSQL the single-statement form."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    thread = make_thread(make_org())
+    user, reply = _pair(thread)
+    with CaptureQueriesContext(connection) as queries:
+        rows.insert_linked(user, reply, "reply_to", (Thread, thread.pk, {"title": "Hi there"}))
+    if connection.vendor == "postgresql":
+        assert len(queries) == 1  # no BEGIN, no COMMIT: one statement is atomic
+    assert user.pk and reply.pk and not user._state.adding and not reply._state.adding
+    assert reply.reply_to is user
+    stored = Message.objects.get(pk=reply.pk)
+    assert stored.reply_to_id == user.pk and stored.thread_id == thread.pk
+    assert (stored.status, stored.requested_model, stored.created) == ("queued", "demo-chat", WHEN)
+    assert Message.objects.get(pk=user.pk).content == "Hi"
+    assert Thread.objects.get(pk=thread.pk).title == "Hi there"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_insert_linked_writes_nothing_when_a_row_is_refused():
+    from django.db import IntegrityError
+
+    thread = make_thread(make_org(), title="Kept")
+    first, first_reply = _pair(thread, client_id="c-1")
+    rows.insert_linked(first, first_reply, "reply_to", (Thread, thread.pk, {"title": "Kept"}))
+    again, again_reply = _pair(thread, client_id="c-1")  # the same client id: refused
+    with pytest.raises(IntegrityError):
+        rows.insert_linked(again, again_reply, "reply_to", (Thread, thread.pk, {"title": "New"}))
+    assert Message.objects.filter(thread=thread).count() == 2
+    assert Thread.objects.get(pk=thread.pk).title == "Kept"
+
+
+def test_insert_linked_inside_a_transaction_leaves_it_usable_after_a_refusal():
+    """Inside the caller's transaction a refusal rolls back to a savepoint only."""
+    from django.db import IntegrityError
+
+    thread = make_thread(make_org())
+    first, first_reply = _pair(thread, client_id="c-2")
+    rows.insert_linked(first, first_reply, "reply_to", (Thread, thread.pk, {"title": "A"}))
+    again, again_reply = _pair(thread, client_id="c-2")
+    with pytest.raises(IntegrityError):
+        rows.insert_linked(again, again_reply, "reply_to", (Thread, thread.pk, {"title": "B"}))
+    assert Message.objects.filter(thread=thread).count() == 2  # the transaction still works
