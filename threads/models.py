@@ -280,46 +280,49 @@ def add_exchange(
     Returns (user message, reply, created). A `client_id` already used in this thread
     returns the existing pair with created=False, so a double submit makes one reply.
     """
-    from django.db import IntegrityError
+    from django.db import IntegrityError, transaction
 
     from . import rows
 
     # A repeated client_id is found by the unique constraint, not by a query before every
-    # insert: repeats are rare, sends are not. The writes go through `rows` (SQL built once;
-    # on PostgreSQL one statement): every send makes them, on the core that streams every
-    # other reply.
-    now = timezone.now()
-    user_message = Message(
-        thread=thread,
-        role=Message.Role.USER,
-        content=content,
-        author=author,
-        client_id=client_id,
-        created=now,
-        updated=now,
-    )
-    reply = Message(
-        thread=thread,
-        role=Message.Role.ASSISTANT,
-        status=Message.Status.QUEUED,
-        requested_provider=provider,
-        requested_model=model,
-        created=now,
-        updated=now,
-    )
-    fields = {"updated": now, "provider": provider, "model": model}
-    if not thread.title:
-        fields["title"] = _title_from(content)
+    # insert: repeats are rare, sends are not. The writes go through `rows` (SQL built once):
+    # every send makes them, on the core that streams every other reply.
     try:
-        rows.insert_linked(user_message, reply, "reply_to", (Thread, thread.pk, fields))
+        with transaction.atomic():
+            now = timezone.now()
+            user_message = Message(
+                thread=thread,
+                role=Message.Role.USER,
+                content=content,
+                author=author,
+                client_id=client_id,
+                created=now,
+                updated=now,
+            )
+            rows.insert([user_message])
+            reply = Message(
+                thread=thread,
+                role=Message.Role.ASSISTANT,
+                status=Message.Status.QUEUED,
+                reply_to=user_message,
+                requested_provider=provider,
+                requested_model=model,
+                created=now,
+                updated=now,
+            )
+            rows.insert([reply])
+            fields = {"updated": now, "provider": provider, "model": model}
+            if not thread.title:
+                fields["title"] = _title_from(content)
+            rows.update(Thread, thread.pk, fields)
+            for name, value in fields.items():
+                setattr(thread, name, value)
     except IntegrityError:
         # This client id was used before (a double submit, a retry): that pair wins.
         existing = _existing_exchange(thread, client_id) if client_id else None
         if existing is None:
             raise
         return (*existing, False)
-    for name, value in fields.items():
-        setattr(thread, name, value)
     return user_message, reply, True
 
 

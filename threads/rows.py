@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, connections
 from django.db.models import Field, Model
 
 _statements: dict[tuple[Any, ...], str] = {}
@@ -52,75 +52,6 @@ def insert(objs: Sequence[Model], using: str = "default") -> None:
         obj.pk = pk
         obj._state.adding = False
         obj._state.db = using
-
-
-def insert_linked(
-    parent: Model,
-    child: Model,
-    link: str,
-    also: tuple[type[Model], Any, Mapping[str, Any]],
-    using: str = "default",
-) -> None:
-    """INSERT `parent`, then `child` with its foreign key `link` pointing at it, and UPDATE
-    `also` = (model, pk, values), all or nothing; set both primary keys.
-
-    On PostgreSQL outside a transaction this is one statement (data-modifying CTEs): one
-    round trip instead of five with BEGIN and COMMIT. Elsewhere, or inside a transaction
-    (where a failed statement must roll back to a savepoint, not abort the caller's
-    transaction), three statements in `transaction.atomic()`.
-    """
-    connection = connections[using]
-    if connection.vendor != "postgresql" or connection.in_atomic_block:
-        with transaction.atomic(using=using):
-            insert([parent], using)
-            setattr(child, link, parent)
-            insert([child], using)
-            update(*also, using=using)
-        return
-    setattr(child, link, parent)
-    model, pk, values = also
-    fields = _insert_fields(type(parent))
-    child_fields = _insert_fields(type(child))
-    link_field = child._meta.get_field(link)
-    names = tuple(values)
-    key = ("insert_linked", type(parent), type(child), link, model, names, using)
-    sql = _statements.get(key)
-    if sql is None:
-        qn = connection.ops.quote_name
-        opts = model._meta
-
-        def row(n: int) -> str:
-            return ", ".join(["%s"] * n)
-
-        child_columns = [f.column for f in child_fields if f is not link_field]
-        sets = ", ".join(f"{qn(opts.get_field(n).column)} = %s" for n in names)
-        sql = _statements[key] = (
-            f"WITH p AS (INSERT INTO {qn(parent._meta.db_table)} "
-            f"({', '.join(qn(f.column) for f in fields)}) VALUES ({row(len(fields))}) "
-            f"RETURNING {qn(parent._meta.pk.column)} AS id), "
-            f"c AS (INSERT INTO {qn(child._meta.db_table)} "
-            f"({', '.join(qn(c) for c in child_columns)}, {qn(link_field.column)}) "
-            f"VALUES ({row(len(child_columns))}, (SELECT id FROM p)) "
-            f"RETURNING {qn(child._meta.pk.column)} AS id), "
-            f"u AS (UPDATE {qn(opts.db_table)} SET {sets} WHERE {qn(opts.pk.column)} = %s) "
-            "SELECT p.id, c.id FROM p, c"
-        )
-    params = [f.get_db_prep_save(f.pre_save(parent, True), connection) for f in fields]
-    params += [
-        f.get_db_prep_save(f.pre_save(child, True), connection)
-        for f in child_fields
-        if f is not link_field
-    ]
-    params += [model._meta.get_field(n).get_db_prep_save(values[n], connection) for n in names]
-    params.append(model._meta.pk.get_db_prep_value(pk, connection))
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        parent_pk, child_pk = cursor.fetchone()
-    for obj, obj_pk in ((parent, parent_pk), (child, child_pk)):
-        obj.pk = obj_pk
-        obj._state.adding = False
-        obj._state.db = using
-    setattr(child, link, parent)  # the cached parent, now with its primary key
 
 
 def update(
