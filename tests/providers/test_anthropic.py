@@ -142,13 +142,3 @@ async def test_usage_is_estimated_when_missing(adapter, fake_provider):
     events = await collect(adapter(AnthropicProvider).stream(chat("claude-sonnet-4-5")))
 
     assert isinstance(events[-2], Usage) and events[-2].estimated
-
-
-async def test_replies_one_after_another_share_one_connection(adapter, fake_provider):
-    provider = adapter(AnthropicProvider)
-    await collect(provider.stream(chat("claude-haiku-4-5")))
-    await collect(provider.stream(chat("claude-haiku-4-5")))
-
-    first, second = fake_provider.requests
-    assert await second.finished_async()
-    assert first.connection == second.connection

@@ -159,14 +159,3 @@ async def test_it_estimates_usage_when_none_is_sent(adapter, fake_provider):
     events = await collect(adapter(GeminiProvider).stream(chat("gemini-2.5-flash")))
 
     assert isinstance(events[-2], Usage) and events[-2].estimated
-
-
-async def test_replies_one_after_another_share_one_connection(adapter, fake_provider):
-    """Gemini has no terminal event: the body's end is the reply's, read in full."""
-    provider = adapter(GeminiProvider)
-    await collect(provider.stream(chat("gemini-2.0-flash")))
-    await collect(provider.stream(chat("gemini-2.0-flash")))
-
-    first, second = fake_provider.requests
-    assert await second.finished_async()
-    assert first.connection == second.connection

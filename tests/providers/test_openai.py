@@ -297,19 +297,6 @@ async def test_compat_model_list_errors_are_classified(adapter, fake_provider):
     assert (info.value.kind, info.value.code) == (ErrorKind.RETRYABLE, "server_error")
 
 
-async def test_replies_one_after_another_share_one_connection(adapter, fake_provider):
-    """After `[DONE]` the body's end is read, so the connection goes back to the pool: no
-    new TCP (and, with a real vendor, TLS) handshake for every reply."""
-    provider = adapter(OpenAIProvider)
-    await collect(provider.stream(chat("gpt-4o-mini")))
-    await collect(provider.stream(chat("gpt-4o-mini")))
-
-    first, second = fake_provider.requests
-    assert await second.finished_async()
-    assert first.connection == second.connection
-    assert not first.client_closed and not second.client_closed
-
-
 async def test_a_body_left_open_after_done_does_not_hold_the_reply(adapter, fake_provider):
     fake_provider.script("openai", tokens=4, fault="linger")
     provider = adapter(OpenAIProvider, read_timeout_s=60)

@@ -82,3 +82,32 @@ async def test_before_read_can_end_the_stream():
 
     with pytest.raises(RuntimeError, match="too long"):
         [event async for event in iter_sse(reads(), stop)]
+
+
+@pytest.mark.parametrize(
+    ("provider_class", "model"),
+    [
+        ("providers.openai.OpenAIProvider", "gpt-4o-mini"),  # ends with [DONE]
+        ("providers.openrouter.OpenRouterProvider", "openai/gpt-4o-mini"),
+        ("providers.anthropic.AnthropicProvider", "claude-haiku-4-5"),  # message_stop
+        ("providers.perplexity.PerplexityProvider", "sonar"),  # the body's end
+        ("providers.gemini.GeminiProvider", "gemini-2.0-flash"),  # the body's end
+    ],
+)
+async def test_replies_one_after_another_share_one_connection(
+    adapter, fake_provider, provider_class, model
+):
+    """Every adapter reads a reply's body to its end, so the connection goes back to the
+    pool: no new TCP (and, with a real vendor, TLS) handshake for every reply."""
+    from django.utils.module_loading import import_string
+
+    from tests.fake_server import chat, collect
+
+    provider = adapter(import_string(provider_class))
+    await collect(provider.stream(chat(model)))
+    await collect(provider.stream(chat(model)))
+
+    first, second = fake_provider.requests
+    assert await second.finished_async()
+    assert first.connection == second.connection
+    assert not first.client_closed and not second.client_closed
