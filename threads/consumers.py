@@ -39,8 +39,8 @@ class ThreadConsumer(AsyncWebsocketConsumer):
         # Replies this socket shows: message code -> last seq applied (None: awaiting snapshot).
         self.synced: dict[str, int | None] = {}
         self.shown: set[str] = set()  # replies shown finished
-        # Messages come through the layer and, from generations in this process when the
-        # layer is shared, through an inbox: one at a time, so frames keep their order.
+        # Messages come through the layer and, from generations in this process, through an
+        # inbox: one at a time, so frames keep their order.
         self.handling = asyncio.Lock()
         await self.channel_layer.group_add(self.group, self.channel_name)
         self.local = attach_socket(self.group, self.channel_name, self._handle_local)

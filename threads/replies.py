@@ -61,10 +61,11 @@ _running: set[asyncio.Task[None]] = set()
 # The generations this process runs, by message code: followers, cancels and snapshot
 # requests in this process talk to them directly instead of through the channel layer.
 _local: dict[str, Generation] = {}
-# With a shared (Redis) layer: this process's WebSocket consumers, by thread group and
-# channel name, so that generations here hand them their frames without a Redis round trip
+# This process's WebSocket consumers, by thread group and channel name, so that generations
+# here hand them their frames directly: without a Redis round trip on a shared layer
 # (channels_redis receives one message per round trip per process, which fell seconds
-# behind at 50 sockets). Events reach a socket's inbox in order; its consumer drains it.
+# behind at 50 sockets), and without the in-memory layer's per-message task in the
+# consumer. Events reach a socket's inbox in order; its consumer drains it.
 _sockets: dict[str, dict[str, LocalSocket]] = {}
 _socket_channels: dict[str, LocalSocket] = {}
 # Reply rows as this process's generations hold them (the turn loaded; at `done`, as finally
@@ -75,7 +76,7 @@ ROW_KEEP_S = 60.0
 
 
 class LocalSocket:
-    """A consumer's inbox for events from generations in this process (shared layer only)."""
+    """A consumer's inbox for events from generations in this process."""
 
     def __init__(self, group: str, channel: str, handle: Any) -> None:
         self.group = group
@@ -92,11 +93,8 @@ class LocalSocket:
                 log.exception("a socket could not show a frame of reply %s", message.get("message"))
 
 
-def attach_socket(group: str, channel: str, handle: Any) -> LocalSocket | None:
-    """Register a consumer of `group` whose `handle(message)` takes reply messages; None with
-    the in-memory layer, where the layer itself is already in-process."""
-    if not _shared(_layer()):
-        return None
+def attach_socket(group: str, channel: str, handle: Any) -> LocalSocket:
+    """Register a consumer of `group` whose `handle(message)` takes reply messages."""
     socket = LocalSocket(group, channel, handle)
     _sockets.setdefault(group, {})[channel] = socket
     _socket_channels[channel] = socket
@@ -154,10 +152,13 @@ def _shared(layer: BaseChannelLayer) -> bool:
     return not isinstance(layer, InMemoryChannelLayer)
 
 
-def _has_members(layer: BaseChannelLayer, group: str) -> bool:
-    """Whether a group of the in-memory layer has anyone in it (other layers: assume so)."""
+def _others_in_group(layer: BaseChannelLayer, group: str) -> bool:
+    """Whether a group of the in-memory layer has members besides this process's sockets,
+    which take their frames from their inboxes (other layers: assume so)."""
     groups = getattr(layer, "groups", None)
-    return True if groups is None else bool(groups.get(group))
+    if groups is None:
+        return True
+    return len(groups.get(group) or ()) > len(_sockets.get(group, {}))
 
 
 async def _group_size(layer: BaseChannelLayer, group: str) -> int | None:
@@ -548,7 +549,7 @@ class Generation:
 
     def _group_listens(self) -> bool:
         if not self.remote:
-            return _has_members(self.layer, self.group)
+            return _others_in_group(self.layer, self.group)
         return self.asked or self.group_members is not False
 
     async def _send_loop(self) -> None:

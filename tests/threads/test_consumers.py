@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -174,12 +173,10 @@ async def test_a_reply_survives_its_socket_closing(acme, slow_demo):
     assert saved.status == "complete" and saved.content.startswith("You said")
 
 
-@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="the shared (Redis) layer only")
-async def test_with_redis_a_socket_in_this_process_gets_frames_without_redis(
-    acme, slow_demo, monkeypatch
-):
-    """channels_redis receives one message per round trip per process: at 50 sockets that
-    fell seconds behind. A generation here hands its frames to sockets here directly."""
+async def test_a_socket_in_this_process_gets_frames_without_the_layer(acme, slow_demo, monkeypatch):
+    """A generation hands its frames to sockets of its own process directly. With Redis:
+    channels_redis receives one message per round trip per process, which fell seconds
+    behind at 50 sockets. In memory: the layer's consumer starts a task per message."""
     from channels.layers import get_channel_layer
 
     from threads.events import thread_group
@@ -199,15 +196,15 @@ async def test_with_redis_a_socket_in_this_process_gets_frames_without_redis(
     frames = await receive_until(communicator, final(reply))
     deltas = [f for f in frames if f'id="body-{reply.code}" hx-swap-oob="beforeend"' in f]
     assert len(deltas) >= 5
-    # Nothing: the sender waits for the group's size before publishing the first event.
+    # Nothing (with Redis the sender waits for the group's size before its first publish).
     assert published.count(thread_group(thread.code)) == 0
     await communicator.disconnect()
 
 
-@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="the shared (Redis) layer only")
-async def test_with_redis_a_listener_in_another_process_gets_every_event_in_order(acme):
-    """A socket of another process, in the thread's group before the reply starts, gets it
-    all through Redis, the events before the group's size was known included."""
+async def test_a_listener_on_the_layer_gets_every_event_in_order(acme):
+    """A listener on the layer (with Redis: a socket of another process), in the thread's
+    group before the reply starts, gets it all; with Redis, the events before the group's
+    size was known included."""
     from channels.layers import get_channel_layer
 
     from threads.events import thread_group
