@@ -112,7 +112,31 @@ def detach_socket(socket: LocalSocket | None) -> None:
         _sockets.pop(socket.group, None)
 
 
-# Put in a follower's queue by its timer after keepalive_s without an event.
+class _Pauses:
+    """Puts `marker` in `queue` after each `interval` seconds in which `seen()` was not
+    called: keep-alives from one timer per pause, not a timeout around every wait."""
+
+    def __init__(self, queue: asyncio.Queue[Any], interval: float, marker: Any) -> None:
+        self.queue, self.interval, self.marker = queue, interval, marker
+        self.loop = asyncio.get_running_loop()
+        self.last = self.loop.time()
+        self.timer = self.loop.call_later(interval, self._check)
+
+    def seen(self) -> None:
+        self.last = self.loop.time()
+
+    def cancel(self) -> None:
+        self.timer.cancel()
+
+    def _check(self) -> None:
+        quiet = self.loop.time() - self.last
+        if quiet >= self.interval:
+            self.queue.put_nowait(self.marker)
+            self.last, quiet = self.loop.time(), 0.0
+        self.timer = self.loop.call_later(self.interval - quiet, self._check)
+
+
+# Put in a follower's queue by its `_Pauses` after keepalive_s without an event.
 _PAUSE: dict[str, Any] = {"event": "pause"}
 
 HEARTBEAT_S = 10.0
@@ -579,22 +603,7 @@ class Generation:
         # Snapshot and subscription in one step of the loop: nothing falls between them.
         backlog = [e for e in self.events if e["seq"] > after_seq]
         self.listeners.add(queue)
-        # Keep-alives come from one timer per pause, not a timeout around every wait.
-        loop = asyncio.get_running_loop()
-        last = loop.time()
-        timer: asyncio.TimerHandle | None = None
-        if keepalive_s is not None:
-            interval = keepalive_s
-
-            def check() -> None:
-                nonlocal timer
-                quiet = loop.time() - last
-                if quiet >= interval:
-                    queue.put_nowait(_PAUSE)
-                    quiet = 0.0
-                timer = loop.call_later(interval - quiet, check)
-
-            timer = loop.call_later(interval, check)
+        pauses = None if keepalive_s is None else _Pauses(queue, keepalive_s, _PAUSE)
         try:
             for event in backlog:
                 yield event
@@ -606,14 +615,15 @@ class Generation:
                 if event is _PAUSE:
                     yield None
                     continue
-                last = loop.time()
+                if pauses is not None:
+                    pauses.seen()
                 yield event
                 if event["event"] == "done":
                     return
         finally:
             self.listeners.discard(queue)
-            if timer is not None:
-                timer.cancel()
+            if pauses is not None:
+                pauses.cancel()
 
     def snapshot(self, through_layer: bool = True) -> dict[str, Any]:
         # Whoever asks through the layer has joined the thread's group and takes live events
@@ -876,8 +886,9 @@ async def _with_keepalives(
     events: AsyncIterator[dict[str, Any]], keepalive_s: float
 ) -> AsyncIterator[dict[str, Any] | None]:
     """`events`, with None after each `keepalive_s` without one (read by a task of its own,
-    since a timeout must not cancel a generator mid-step). Its errors are raised here."""
+    so that a pause never interrupts a generator mid-step). Its errors are raised here."""
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    pause = ("pause", None)
 
     async def pump() -> None:
         try:
@@ -889,13 +900,14 @@ async def _with_keepalives(
             queue.put_nowait(("end", None))
 
     task = asyncio.create_task(pump())
+    pauses = _Pauses(queue, keepalive_s, pause)
     try:
         while True:
-            try:
-                kind, value = await asyncio.wait_for(queue.get(), keepalive_s)
-            except TimeoutError:
+            kind, value = await queue.get()
+            if kind == "pause":
                 yield None
                 continue
+            pauses.seen()
             if kind == "error":
                 raise value
             if kind == "end":
@@ -903,6 +915,7 @@ async def _with_keepalives(
             yield value
     finally:
         task.cancel()
+        pauses.cancel()
 
 
 async def _follow_through_layer(message: Message, after_seq: int) -> AsyncIterator[dict[str, Any]]:
