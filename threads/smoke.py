@@ -412,7 +412,6 @@ class AppServer(_Spawned):
             self.env.pop("DATABASE_URL", None)
             self.env["SQLITE_PATH"] = str(Path(self.tmp) / "db.sqlite3")
         self.start_on_enter = start
-        self.proc = None
         # Outside the temp dir, so it outlives the run for a post-mortem of any error.
         self.log_path = Path(tempfile.gettempdir()) / f"smoke-daphne-{self.port}.log"
         self.api_key = ""

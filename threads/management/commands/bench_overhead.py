@@ -6,8 +6,8 @@
    through a bare relay (threads/bench_relay.py: this machine's floor for HTTP in, httpx,
    HTTP out), through the app's SSE endpoint, and through the page's WebSocket (what a
    browser sees: each page keeps its socket open from one message to the next, unless
-   `--socket-per-reply`). By default the streams start spread over one reply's length (`--arrival
-   steady`, people chatting); `--arrival burst` starts each round's all at once.
+   `--socket-per-reply`). By default the streams start spread over one reply's length
+   (`--arrival steady`, people chatting); `--arrival burst` starts each round's all at once.
 3. Report the added TTFT and latency (P50 / P95), the app's and the relay's CPU time per
    upstream chunk, RSS per active stream (from /proc), and on PostgreSQL the rows written
    per reply (pg_stat_user_tables n_tup_ins + n_tup_upd + n_tup_del).
