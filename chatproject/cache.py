@@ -1,10 +1,14 @@
-"""Django's Redis cache with one connection pool per process.
+"""Django's Redis cache with one client and one connection pool per process.
 
 Django builds a cache backend per thread and per async context (`caches` is local to
 each), so under ASGI every request got a new `RedisCache`, a new connection pool and a new
 TCP connection: a connect and a health check for each session read. Here the pools live at
 module level, one per server URL and option set, and every backend instance in the process
 shares them (redis-py's pools are thread-safe and make new connections after a fork).
+
+The client object Django wraps around them (`RedisCacheClient`: the serializer, the parser
+class, the driver info) is shared the same way: it holds no per-call state, and building
+one per context cost about 0.4 ms of CPU for each reply's one cache write, a third of it.
 """
 
 from __future__ import annotations
@@ -13,15 +17,21 @@ import threading
 from typing import Any
 
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
+from django.utils.functional import cached_property
 
 _pools: dict[tuple[str, str], Any] = {}
+_clients: dict[tuple[tuple[str, ...], str], RedisCacheClient] = {}
 _lock = threading.Lock()
+
+
+def _options_key(options: dict[str, Any]) -> str:
+    return repr(sorted(options.items(), key=str))
 
 
 class SharedPoolClient(RedisCacheClient):
     def _get_connection_pool(self, write: bool) -> Any:
         index = self._get_connection_pool_index(write)
-        key = (self._servers[index], repr(sorted(self._pool_options.items(), key=str)))
+        key = (self._servers[index], _options_key(self._pool_options))
         pool = _pools.get(key)
         if pool is None:
             with _lock:
@@ -36,3 +46,14 @@ class SharedPoolRedisCache(RedisCache):
     def __init__(self, server: str, params: dict[str, Any]) -> None:
         super().__init__(server, params)
         self._class = SharedPoolClient
+
+    @cached_property
+    def _cache(self) -> RedisCacheClient:
+        key = (tuple(self._servers), _options_key(self._options))
+        client = _clients.get(key)
+        if client is None:
+            with _lock:
+                client = _clients.get(key)
+                if client is None:
+                    client = _clients[key] = self._class(self._servers, **self._options)
+        return client
