@@ -6,7 +6,9 @@ dictionaries, a context manager or three. A reply reads 50-100 chunks, each a se
 read, on the one event loop that streams every other reply; measured with `manage.py
 bench_overhead`, anyio's share was about a tenth of the app's CPU. `AsyncioBackend` speaks
 httpcore's network-backend interface with an `asyncio.Protocol` instead: a read is one
-future and, when a read timeout is set, one timer.
+future. A read timeout is a deadline on the connection, checked by one timer that is
+re-armed only when it fires early, not a timer made and cancelled for each of a stream's
+reads.
 
 `transport(...)` is `httpx.AsyncHTTPTransport(...)` with this backend under its connection
 pool; requests through an environment proxy keep httpx's own transport.
@@ -46,6 +48,9 @@ class _Protocol(asyncio.Protocol):
         self.eof = False
         self.error: BaseException | None = None
         self.reader: asyncio.Future[None] | None = None
+        # The waiting read fails at `deadline`; `watchdog` fires at or before it.
+        self.deadline = 0.0
+        self.watchdog: asyncio.TimerHandle | None = None
         self.writable: asyncio.Future[None] | None = None
         self.reading_paused = False
 
@@ -69,6 +74,9 @@ class _Protocol(asyncio.Protocol):
         self.eof = True
         self.error = exc
         self._wake_reader()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         if self.writable is not None and not self.writable.done():
             self.writable.set_result(None)
 
@@ -83,6 +91,29 @@ class _Protocol(asyncio.Protocol):
     def _wake_reader(self) -> None:
         if self.reader is not None and not self.reader.done():
             self.reader.set_result(None)
+
+    def wait_for_data(self, timeout: float | None) -> asyncio.Future[None]:
+        """A future the next arrival (or EOF) completes, failing with TimeoutError if
+        nothing comes within `timeout`."""
+        self.reader = reader = self.loop.create_future()
+        if timeout is not None:
+            self.deadline = deadline = self.loop.time() + timeout
+            watchdog = self.watchdog
+            if watchdog is None or watchdog.when() > deadline:
+                if watchdog is not None:
+                    watchdog.cancel()
+                self.watchdog = self.loop.call_at(deadline, self._check_deadline)
+        return reader
+
+    def _check_deadline(self) -> None:
+        self.watchdog = None
+        reader = self.reader
+        if reader is None or reader.done():
+            return  # no read waits: the next one arms a new timer
+        if self.loop.time() >= self.deadline:
+            reader.set_exception(TimeoutError())
+        else:  # a later read moved the deadline on
+            self.watchdog = self.loop.call_at(self.deadline, self._check_deadline)
 
 
 def _expire(future: asyncio.Future[None]) -> None:
@@ -107,9 +138,8 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         protocol = self._protocol
         if not protocol.buffer and not protocol.eof:
-            protocol.reader = protocol.loop.create_future()
             try:
-                await _wait(protocol, protocol.reader, timeout)
+                await protocol.wait_for_data(timeout)
             except TimeoutError:
                 raise ReadTimeout("The read timed out.") from None
             finally:

@@ -133,6 +133,55 @@ async def test_a_silent_server_is_a_read_timeout():
         done.set()
 
 
+async def test_the_read_timeout_bounds_each_wait_not_the_whole_stream():
+    # Six pieces 0.15 s apart take longer than the 0.5 s read timeout; no single wait does.
+    silent = asyncio.Event()
+
+    async def handler(reader, writer):
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(6):
+            await asyncio.sleep(0.15)
+            writer.write(b"1\r\nx\r\n")
+            await writer.drain()
+        await silent.wait()  # then nothing more: the next wait times out
+
+    server = await _serve(handler)
+    url = f"http://127.0.0.1:{_port(server)}/"
+    timeout = httpx.Timeout(5.0, read=0.5)
+    async with server, _client(timeout=timeout) as client, client.stream("GET", url) as response:
+        received = b""
+        with pytest.raises(httpx.ReadTimeout):
+            async for chunk in response.aiter_raw():
+                received += chunk
+        assert received == b"x" * 6
+        silent.set()
+
+
+async def test_a_shorter_read_timeout_on_a_kept_connection_is_kept():
+    # The connection's timer was armed for a long timeout by the first request; the second
+    # request's short one must not wait for it.
+    requests = 0
+    done = asyncio.Event()
+
+    async def handler(reader, writer):
+        nonlocal requests
+        await _chunked(reader, writer, [b"first"])
+        await _read_request(reader)
+        requests += 1
+        await done.wait()
+
+    server = await _serve(handler)
+    url = f"http://127.0.0.1:{_port(server)}/"
+    async with server, _client(timeout=httpx.Timeout(30.0)) as client:
+        assert (await client.get(url)).content == b"first"
+        async with asyncio.timeout(5):
+            with pytest.raises(httpx.ReadTimeout):
+                await client.get(url, timeout=httpx.Timeout(30.0, read=0.05))
+        assert requests == 1  # the same connection answered both
+        done.set()
+
+
 async def test_a_closed_port_is_a_connect_error():
     server = await _serve(lambda r, w: asyncio.sleep(0))
     port = _port(server)
