@@ -65,6 +65,8 @@ def database_from_url(url: str) -> dict[str, object]:
     # Under ASGI every request runs its ORM calls on a thread of its own, so "persistent"
     # connections (CONN_MAX_AGE) are one per request and pile up past max_connections under
     # load. A pool hands them out and takes them back (Django's advice for ASGI).
+    from chatproject import pg_pool  # psycopg only when PostgreSQL is in use
+
     pool_max = env_int("DB_POOL_MAX_SIZE", 20)
     pool: dict[str, object] | bool = False
     if pool_max > 0:
@@ -72,6 +74,9 @@ def database_from_url(url: str) -> dict[str, object]:
             "min_size": min(env_int("DB_POOL_MIN_SIZE", 2), pool_max),
             "max_size": pool_max,
             "timeout": env_float("DB_POOL_TIMEOUT_S", 10.0),
+            # Django's default check makes a round trip on every checkout; this one makes it
+            # only when the server has sent something since (chatproject/pg_pool.py).
+            "check": pg_pool.check_connection,
         }
     options: dict[str, object] = {"pool": pool}
     if "sslmode" in query:
