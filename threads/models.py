@@ -280,7 +280,7 @@ def add_exchange(
     Returns (user message, reply, created). A `client_id` already used in this thread
     returns the existing pair with created=False, so a double submit makes one reply.
     """
-    from django.db import IntegrityError, transaction
+    from django.db import IntegrityError
 
     from . import rows
 
@@ -288,35 +288,32 @@ def add_exchange(
     # insert: repeats are rare, sends are not. The writes go through `rows` (SQL built once):
     # every send makes them, on the core that streams every other reply.
     try:
-        with transaction.atomic():
-            now = timezone.now()
-            user_message = Message(
-                thread=thread,
-                role=Message.Role.USER,
-                content=content,
-                author=author,
-                client_id=client_id,
-                created=now,
-                updated=now,
-            )
-            rows.insert([user_message])
-            reply = Message(
-                thread=thread,
-                role=Message.Role.ASSISTANT,
-                status=Message.Status.QUEUED,
-                reply_to=user_message,
-                requested_provider=provider,
-                requested_model=model,
-                created=now,
-                updated=now,
-            )
-            rows.insert([reply])
-            fields = {"updated": now, "provider": provider, "model": model}
-            if not thread.title:
-                fields["title"] = _title_from(content)
-            rows.update(Thread, thread.pk, fields)
-            for name, value in fields.items():
-                setattr(thread, name, value)
+        now = timezone.now()
+        user_message = Message(
+            thread=thread,
+            role=Message.Role.USER,
+            content=content,
+            author=author,
+            client_id=client_id,
+            created=now,
+            updated=now,
+        )
+        reply = Message(
+            thread=thread,
+            role=Message.Role.ASSISTANT,
+            status=Message.Status.QUEUED,
+            requested_provider=provider,
+            requested_model=model,
+            created=now,
+            updated=now,
+        )
+        fields = {"updated": now, "provider": provider, "model": model}
+        if not thread.title:
+            fields["title"] = _title_from(content)
+        rows.insert_pair(user_message, reply, "reply_to", touch=(Thread, thread.pk, fields))
+        reply.reply_to = user_message
+        for name, value in fields.items():
+            setattr(thread, name, value)
     except IntegrityError:
         # This client id was used before (a double submit, a retry): that pair wins.
         existing = _existing_exchange(thread, client_id) if client_id else None

@@ -14,9 +14,10 @@ They send no model signals: the models written here have no receivers
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, connections, transaction
 from django.db.models import Field, Model
 
 _statements: dict[tuple[Any, ...], str] = {}
@@ -52,6 +53,87 @@ def insert(objs: Sequence[Model], using: str = "default") -> None:
         obj.pk = pk
         obj._state.adding = False
         obj._state.db = using
+
+
+def insert_pair(
+    first: Model,
+    second: Model,
+    link: str,
+    touch: tuple[type[Model], Any, Mapping[str, Any]] | None = None,
+    using: str = "default",
+) -> None:
+    """INSERT `first`, then `second` with its foreign key `link` pointing at `first`, then
+    UPDATE one more row (`touch`: model, primary key, values), all or nothing; set their
+    primary keys.
+
+    On PostgreSQL that is one statement (data-modifying CTEs): one round trip, atomic by
+    itself, where separate statements in a transaction make five (BEGIN, three writes,
+    COMMIT), each of which also waits for the GIL behind every stream when it returns.
+    Elsewhere it is those statements in a transaction.
+    """
+    connection = connections[using]
+    link_field = second._meta.get_field(link)
+    if connection.vendor != "postgresql":
+        with transaction.atomic(using):
+            insert([first], using)
+            setattr(second, link_field.attname, first.pk)
+            insert([second], using)
+            if touch is not None:
+                update(*touch, using=using)
+        return
+    first_fields, second_fields = _insert_fields(type(first)), _insert_fields(type(second))
+    touched = () if touch is None else tuple(touch[2])
+    key = ("pair", type(first), type(second), link, touch and touch[0], touched, using)
+    sql = _statements.get(key)
+    if sql is None:
+        qn = connection.ops.quote_name
+        pk, second_pk = qn(first._meta.pk.column), qn(second._meta.pk.column)
+
+        def columns(fields: list[Field[Any, Any]]) -> str:
+            return ", ".join(qn(f.column) for f in fields)
+
+        linked = [
+            f"(SELECT {pk} FROM first_row)" if f is link_field else "%s" for f in second_fields
+        ]
+        parts = [
+            f"first_row AS (INSERT INTO {qn(first._meta.db_table)} ({columns(first_fields)}) "
+            f"VALUES ({', '.join(['%s'] * len(first_fields))}) RETURNING {pk})",
+            f"second_row AS (INSERT INTO {qn(second._meta.db_table)} ({columns(second_fields)}) "
+            f"VALUES ({', '.join(linked)}) RETURNING {second_pk})",
+        ]
+        if touch is not None:
+            opts = touch[0]._meta
+            sets = ", ".join(f"{qn(opts.get_field(n).column)} = %s" for n in touched)
+            parts.append(
+                f"touched AS (UPDATE {qn(opts.db_table)} SET {sets} "
+                f"WHERE {qn(opts.pk.column)} = %s)"
+            )
+        sql = _statements[key] = (
+            f"WITH {', '.join(parts)} "
+            f"SELECT first_row.{pk}, second_row.{second_pk} FROM first_row, second_row"
+        )
+    params = [f.get_db_prep_save(f.pre_save(first, True), connection) for f in first_fields]
+    params += [
+        f.get_db_prep_save(f.pre_save(second, True), connection)
+        for f in second_fields
+        if f is not link_field
+    ]
+    if touch is not None:
+        model, pk_value, values = touch
+        opts = model._meta
+        params += [opts.get_field(n).get_db_prep_save(values[n], connection) for n in touched]
+        params.append(opts.pk.get_db_prep_value(pk_value, connection))
+    # Inside a caller's transaction, a savepoint lets the caller recover from an
+    # IntegrityError (a repeated client id); on its own the statement needs none.
+    savepoint = transaction.atomic(using) if connection.in_atomic_block else nullcontext()
+    with savepoint, connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        pks = cursor.fetchone()
+    for obj, pk_value in zip((first, second), pks, strict=True):
+        obj.pk = pk_value
+        obj._state.adding = False
+        obj._state.db = using
+    setattr(second, link_field.attname, first.pk)
 
 
 def update(

@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from django.db import DatabaseError
+from django.db import DatabaseError, IntegrityError, connection
 from django.db.models.signals import post_save, pre_save
+from django.test.utils import CaptureQueriesContext
 
 from telemetry.models import ProviderCall
 from tests.factories import make_org, make_thread
@@ -106,3 +107,57 @@ def test_save_fields_writes_the_instance_and_fails_on_a_missing_row():
     Message.objects.filter(pk=reply.pk).delete()
     with pytest.raises(DatabaseError):
         rows.save_fields(reply, ["content"])
+
+
+def _pair(thread: Thread, content: str = "Question", code: uuid.UUID | None = None):
+    question = Message(thread=thread, role=Message.Role.USER, content=content, created=WHEN)
+    answer = Message(
+        code=code or uuid.uuid4(),
+        thread=thread,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.QUEUED,
+        created=WHEN,
+    )
+    return question, answer
+
+
+def test_insert_pair_links_the_second_row_to_the_first_and_touches_a_third():
+    thread = make_thread(make_org())
+    question, answer = _pair(thread)
+    rows.insert_pair(question, answer, "reply_to", touch=(Thread, thread.pk, {"title": "Asked"}))
+    assert question.pk and answer.pk and answer.reply_to_id == question.pk
+    assert not question._state.adding and not answer._state.adding
+    stored = Message.objects.get(pk=answer.pk)
+    assert stored.reply_to_id == question.pk
+    assert stored.status == "queued"
+    assert Message.objects.get(pk=question.pk).content == "Question"
+    assert Thread.objects.get(pk=thread.pk).title == "Asked"
+
+
+def test_insert_pair_writes_nothing_when_one_write_fails():
+    thread = make_thread(make_org(), title="Before")
+    taken = Message.objects.create(thread=thread, role=Message.Role.USER, content="Earlier")
+    question, answer = _pair(thread, "Lost", code=taken.code)  # the answer's code is taken
+    with pytest.raises(IntegrityError):
+        rows.insert_pair(question, answer, "reply_to", touch=(Thread, thread.pk, {"title": "X"}))
+    # The caller's transaction goes on: the failed pair left it usable.
+    assert not Message.objects.filter(content="Lost").exists()
+    assert Thread.objects.get(pk=thread.pk).title == "Before"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_insert_pair_outside_a_transaction_is_one_statement_on_postgresql():
+    thread = make_thread(make_org(), title="Before")
+    question, answer = _pair(thread)
+    with CaptureQueriesContext(connection) as queries:
+        rows.insert_pair(question, answer, "reply_to", touch=(Thread, thread.pk, {"title": "T"}))
+    if connection.vendor == "postgresql":
+        assert len(queries) == 1  # no BEGIN / COMMIT round trips either
+    assert Message.objects.get(pk=answer.pk).reply_to_id == question.pk
+    assert Thread.objects.get(pk=thread.pk).title == "T"
+    taken = Message.objects.get(pk=answer.pk).code
+    lost, duplicate = _pair(thread, "Lost", code=taken)
+    with pytest.raises(IntegrityError):
+        rows.insert_pair(lost, duplicate, "reply_to", touch=(Thread, thread.pk, {"title": "X"}))
+    assert not Message.objects.filter(content="Lost").exists()
+    assert Thread.objects.get(pk=thread.pk).title == "T"
