@@ -396,7 +396,14 @@ def _save_send(auth: Organization | KeyToCheck, thread_id: uuid.UUID, payload: S
         model=payload.model,
         client_id=payload.client_id or "",
     )
-    return _Sent(user_message, reply, created, replies.build_request(reply) if created else None)
+    if not created:
+        return _Sent(user_message, reply, created, None)
+    if gate is not None:
+        # The gate read the conversation before this turn: no read after the insert.
+        history = [*gate.history, (user_message.role, user_message.content)]
+        history = [(role, content) for role, content in history if content]
+        return _Sent(user_message, reply, created, replies.request_for(reply, history))
+    return _Sent(user_message, reply, created, replies.build_request(reply))
 
 
 def _reload_pair(user_message: Message, reply: Message) -> dict[str, Any]:

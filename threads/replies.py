@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import aclosing
 from decimal import Decimal
 from typing import Any
@@ -284,8 +284,14 @@ def _load(pk: int) -> tuple[Message, ChatRequest]:
 
 def build_request(message: Message) -> ChatRequest:
     """The whole conversation before `message`, partial replies included (sync ORM)."""
+    return request_for(message, send_reads.history(message))
+
+
+def request_for(message: Message, history: Iterable[tuple[str, str]]) -> ChatRequest:
+    """The request for reply `message` after the conversation `history` ((role, content),
+    oldest first, as `send_reads.history` reads it)."""
     thread = message.thread
-    turns = tuple(Turn(role=role, content=content) for role, content in send_reads.history(message))
+    turns = tuple(Turn(role=role, content=content) for role, content in history)
     system = thread.system_prompt or thread.org.system_prompt or settings.SYSTEM_PROMPT
     return ChatRequest(
         provider=message.requested_provider,

@@ -1,8 +1,8 @@
 """The reads every send makes, in hand-written SQL (see threads/rows.py for why).
 
 - `gate`: an API key, the thread it sends to and that thread's organisation, with whether
-  the key's `last_used` is due for a touch and whether the organisation has a budget, in
-  one statement. No row means the key, the header or the thread is wrong: the caller then
+  the key's `last_used` is due for a touch and whether the organisation has a budget, and
+  the conversation so far (what the reply's request is built from), in one statement. No row means the key, the header or the thread is wrong: the caller then
   takes the ORM path that tells which (401, 403 or 404), so errors read exactly as before.
 - `member_thread`: the same for a person on the page (thread, organisation, membership, and
   whether there is a budget to check and whether the thread is still empty).
@@ -37,18 +37,26 @@ class Gate:
     thread: Thread  # with .org loaded
     key_id: int
     key_due: bool  # last_used is empty or older than the caller's cut-off
+    history: list[tuple[str, str]]  # the thread's messages so far, as `history()` reads them
 
 
 def _gate_sql(using: str) -> str:
     qn = connections[using].ops.quote_name
-    t, o, k, b = (qn(m._meta.db_table) for m in (Thread, Organization, ApiKey, Budget))
+    t, o, k, b, m = (
+        qn(model._meta.db_table) for model in (Thread, Organization, ApiKey, Budget, Message)
+    )
+    # One row per message of the thread (or one with NULLs for an empty thread), each
+    # repeating the gate's columns: a round trip less than reading the history after.
     return (
         f"SELECT {', '.join(_columns(qn))}, k.id, "
-        "CASE WHEN k.last_used IS NULL OR k.last_used < %s THEN 1 ELSE 0 END "
+        "CASE WHEN k.last_used IS NULL OR k.last_used < %s THEN 1 ELSE 0 END, "
+        "m.role, m.content "
         f"FROM {k} k JOIN {o} o ON o.id = k.org_id "
         f"JOIN {t} t ON t.org_id = o.id AND t.code = %s "
         f"LEFT JOIN {b} b ON b.org_id = o.id "
-        "WHERE k.hashed = %s AND k.revoked IS NULL AND b.id IS NULL"
+        f"LEFT JOIN {m} m ON m.thread_id = t.id AND m.content <> '' "
+        "WHERE k.hashed = %s AND k.revoked IS NULL AND b.id IS NULL "
+        "ORDER BY m.created, m.id"
     )
 
 
@@ -71,13 +79,15 @@ def gate(
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
+        rows = cursor.fetchall()
+    if not rows:
         return None
+    row = rows[0]
     thread = _thread_from_row(row, thread_code, using)
     if org_slug is not None and org_slug != thread.org.slug:
         return None
-    return Gate(thread=thread, key_id=row[-2], key_due=bool(row[-1]))
+    history = [(r[-2], r[-1]) for r in rows if r[-2] is not None]
+    return Gate(thread=thread, key_id=row[-4], key_due=bool(row[-3]), history=history)
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,22 @@ def test_history_is_the_conversation_before_the_reply(acme):
     assert [content for _, content in expected] == ["One", "Two", "Empty reply next", "Three"]
 
 
+def test_the_gate_reads_the_conversation_so_far(acme):
+    _, key, thread = acme
+    assert _gate(key, thread.code).history == []  # a new thread
+    _, first_reply, _ = add_exchange(thread, content="One", provider="demo", model="m")
+    Message.objects.filter(pk=first_reply.pk).update(content="Two")
+    add_exchange(thread, content="Empty reply next", provider="demo", model="m")
+    expected = list(
+        Message.objects.filter(thread=thread)
+        .exclude(content="")
+        .order_by("created", "id")
+        .values_list("role", "content")
+    )
+    assert _gate(key, thread.code).history == expected
+    assert [content for _, content in expected] == ["One", "Two", "Empty reply next"]
+
+
 def test_member_thread_needs_a_membership_and_reports_budget_and_emptiness(acme):
     from tests.factories import make_user
 
@@ -113,3 +129,23 @@ def test_member_thread_needs_a_membership_and_reports_budget_and_emptiness(acme)
     Budget.objects.create(org=org, monthly_usd=Decimal("5"))
     found = send_reads.member_thread(alice.pk, thread.code)
     assert (found.budgeted, found.empty) == (True, False)
+
+
+def test_a_send_through_the_gate_builds_its_request_without_reading_the_history_again(acme):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from threads.api import KeyToCheck, SendIn, _save_send
+    from threads.replies import build_request
+
+    _, key, thread = acme
+    _, first_reply, _ = add_exchange(thread, content="One", provider="demo", model="m")
+    Message.objects.filter(pk=first_reply.pk).update(content="Two")
+    add_exchange(thread, content="Empty reply next", provider="demo", model="m")
+    payload = SendIn(content="Three", provider="demo", model="demo-chat")
+    with CaptureQueriesContext(connection) as queries:
+        sent = _save_send(KeyToCheck(key, None), thread.code, payload)
+    assert not any(q["sql"].startswith("SELECT role, content") for q in queries)
+    assert sent.created and sent.request is not None
+    assert sent.request == build_request(sent.reply)  # what a reload of the row would send
+    assert [t.content for t in sent.request.turns] == ["One", "Two", "Empty reply next", "Three"]
