@@ -400,9 +400,8 @@ def _save_send(auth: Organization | KeyToCheck, thread_id: uuid.UUID, payload: S
         return _Sent(user_message, reply, created, None)
     if gate is not None:
         # The gate read the conversation before this turn: no read after the insert.
-        history = [*gate.history, (user_message.role, user_message.content)]
-        history = [(role, content) for role, content in history if content]
-        return _Sent(user_message, reply, created, replies.request_for(reply, history))
+        request = replies.request_after_turn(reply, gate.history, user_message)
+        return _Sent(user_message, reply, created, request)
     return _Sent(user_message, reply, created, replies.build_request(reply))
 
 

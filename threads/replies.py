@@ -287,6 +287,15 @@ def build_request(message: Message) -> ChatRequest:
     return request_for(message, send_reads.history(message))
 
 
+def request_after_turn(
+    reply: Message, earlier: Iterable[tuple[str, str]], turn: Message
+) -> ChatRequest:
+    """`build_request(reply)` for a reply to the person's `turn`, from the conversation
+    `earlier` read before the turn was saved (with the send's own reads): no read after."""
+    history = [*earlier, (turn.role, turn.content)]
+    return request_for(reply, [(role, content) for role, content in history if content])
+
+
 def request_for(message: Message, history: Iterable[tuple[str, str]]) -> ChatRequest:
     """The request for reply `message` after the conversation `history` ((role, content),
     oldest first, as `send_reads.history` reads it)."""

@@ -5,7 +5,8 @@
   the conversation so far (what the reply's request is built from), in one statement. No row means the key, the header or the thread is wrong: the caller then
   takes the ORM path that tells which (401, 403 or 404), so errors read exactly as before.
 - `member_thread`: the same for a person on the page (thread, organisation, membership, and
-  whether there is a budget to check and whether the thread is still empty).
+  whether there is a budget to check and whether the thread is still empty, and the
+  conversation so far).
 - `history`: the conversation before a reply, as (role, content) pairs.
 
 The instances are built with `Model.from_db` from the columns read; any other field is
@@ -86,8 +87,7 @@ def gate(
     thread = _thread_from_row(row, thread_code, using)
     if org_slug is not None and org_slug != thread.org.slug:
         return None
-    history = [(r[-2], r[-1]) for r in rows if r[-2] is not None]
-    return Gate(thread=thread, key_id=row[-4], key_due=bool(row[-3]), history=history)
+    return Gate(thread=thread, key_id=row[-4], key_due=bool(row[-3]), history=_history_of(rows))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +95,7 @@ class MemberThread:
     thread: Thread  # with .org loaded
     budgeted: bool  # the organisation has a budget (check it)
     empty: bool  # the thread has no messages yet
+    history: list[tuple[str, str]]  # the thread's messages so far, as `history()` reads them
 
 
 def _member_sql(using: str) -> str:
@@ -102,12 +103,16 @@ def _member_sql(using: str) -> str:
     t, o, ms, b, m = (
         qn(model._meta.db_table) for model in (Thread, Organization, Membership, Budget, Message)
     )
+    # One row per message with text (as in `_gate_sql`).
     return (
         f"SELECT {', '.join(_columns(qn))}, "
         f"CASE WHEN EXISTS (SELECT 1 FROM {b} b WHERE b.org_id = o.id) THEN 1 ELSE 0 END, "
-        f"CASE WHEN EXISTS (SELECT 1 FROM {m} m WHERE m.thread_id = t.id) THEN 0 ELSE 1 END "
-        f"FROM {t} t JOIN {o} o ON o.id = t.org_id WHERE t.code = %s "
-        f"AND EXISTS (SELECT 1 FROM {ms} ms WHERE ms.org_id = o.id AND ms.user_id = %s)"
+        f"CASE WHEN EXISTS (SELECT 1 FROM {m} m WHERE m.thread_id = t.id) THEN 0 ELSE 1 END, "
+        "h.role, h.content "
+        f"FROM {t} t JOIN {o} o ON o.id = t.org_id "
+        f"LEFT JOIN {m} h ON h.thread_id = t.id AND h.content <> '' WHERE t.code = %s "
+        f"AND EXISTS (SELECT 1 FROM {ms} ms WHERE ms.org_id = o.id AND ms.user_id = %s) "
+        "ORDER BY h.created, h.id"
     )
 
 
@@ -121,11 +126,22 @@ def member_thread(
     code = Thread._meta.get_field("code").get_db_prep_value(thread_code, connection)
     with connection.cursor() as cursor:
         cursor.execute(sql, [code, user_id])
-        row = cursor.fetchone()
-    if row is None:
+        rows = cursor.fetchall()
+    if not rows:
         return None
+    row = rows[0]
     thread = _thread_from_row(row, thread_code, using)
-    return MemberThread(thread=thread, budgeted=bool(row[-2]), empty=bool(row[-1]))
+    return MemberThread(
+        thread=thread,
+        budgeted=bool(row[-4]),
+        empty=bool(row[-3]),
+        history=_history_of(rows),
+    )
+
+
+def _history_of(rows: list[tuple[Any, ...]]) -> list[tuple[str, str]]:
+    """(role, content) from the last two columns of each row; NULLs: no message."""
+    return [(row[-2], row[-1]) for row in rows if row[-2] is not None]
 
 
 def _columns(qn: Any) -> list[str]:

@@ -160,6 +160,7 @@ class _Send:
     reply: Message | None = None
     created: bool = False
     request: ChatRequest | None = None  # what a new reply's generation starts from
+    earlier: list[tuple[str, str]] | None = None  # the conversation before, if read already
     response: HttpResponse | None = None
 
 
@@ -189,7 +190,8 @@ def _save_send(request: HtmxHttpRequest, code: uuid.UUID) -> _Send:
     )
     if created and first:
         tasks.title_thread.delay_on_commit(thread.pk)
-    return _Send(thread, [], user_message, reply, created)
+    earlier = None if found is None else found.history
+    return _Send(thread, [], user_message, reply, created, earlier=earlier)
 
 
 def _send_response(request: HtmxHttpRequest, sent: _Send) -> HttpResponse:
@@ -228,8 +230,12 @@ async def _save_and_start(
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path())
         sent = save(request, code)
-        if sent.created and sent.reply is not None:
-            sent.request = replies.build_request(sent.reply)
+        if sent.created and sent.reply is not None and sent.user_message is not None:
+            if sent.earlier is not None:
+                reply, turn = sent.reply, sent.user_message
+                sent.request = replies.request_after_turn(reply, sent.earlier, turn)
+            else:
+                sent.request = replies.build_request(sent.reply)
         sent.response = _send_response(request, sent)
         return sent
 

@@ -149,3 +149,18 @@ def test_a_send_through_the_gate_builds_its_request_without_reading_the_history_
     assert sent.created and sent.request is not None
     assert sent.request == build_request(sent.reply)  # what a reload of the row would send
     assert [t.content for t in sent.request.turns] == ["One", "Two", "Empty reply next", "Three"]
+
+
+def test_member_thread_reads_the_conversation_so_far(acme):
+    from tests.factories import make_user
+
+    org, _, thread = acme
+    alice = make_user("alice", org)
+    assert send_reads.member_thread(alice.pk, thread.code).history == []
+    _, first_reply, _ = add_exchange(thread, content="One", provider="demo", model="m")
+    Message.objects.filter(pk=first_reply.pk).update(content="Two")
+    add_exchange(thread, content="Empty reply next", provider="demo", model="m")
+    found = send_reads.member_thread(alice.pk, thread.code)
+    assert [content for _, content in found.history] == ["One", "Two", "Empty reply next"]
+    assert [role for role, _ in found.history] == ["user", "assistant", "user"]
+    assert not found.empty

@@ -45,6 +45,47 @@ async def test_the_first_send_streams_a_reply_and_titles_the_thread(generations)
     assert thread.title == "Explain Django partials"
 
 
+@pytest.mark.parametrize("view", ["threads:send", "threads:regenerate"])
+async def test_a_page_send_starts_its_reply_with_the_whole_conversation(
+    view, generations, monkeypatch
+):
+    # The send reads the conversation with its membership check (the regenerate reads it
+    # after its save); either way the generation gets what reloading the row would give.
+    org = await sync_to_async(make_org)()
+    user = await sync_to_async(make_user)("alice", org)
+    thread = await sync_to_async(make_thread)(org, user)
+    await sync_to_async(make_exchange)(thread, "First?", "First answer.")
+    _, last = await sync_to_async(make_exchange)(thread, "Second?", "Second answer.")
+    started = []
+    real_start = replies.start
+
+    def start(message, request=None):  # records what the generation is given, then runs it
+        started.append(request)
+        return real_start(message, request)
+
+    monkeypatch.setattr(replies, "start", start)
+    client = AsyncClient()
+    await sync_to_async(client.force_login)(user)
+    code = thread.code if view == "threads:send" else last.code
+    response = await client.post(
+        reverse(view, args=[code]),
+        {"content": "Third?", "model": "demo:demo-chat"},
+        headers={"HX-Request": "true"},
+    )
+    assert response.status_code == 200
+    await replies.wait_all()
+    reply = await Message.objects.select_related("thread__org").filter(role="assistant").alast()
+    assert started == [await sync_to_async(replies.build_request)(reply)]
+    question = "Third?" if view == "threads:send" else "Second?"
+    assert [t.content for t in started[0].turns] == [
+        "First?",
+        "First answer.",
+        "Second?",
+        "Second answer.",
+        question,
+    ]
+
+
 def test_title_for_strips_markup_and_filler():
     assert title_for("hey, can you write a `haiku` about #tests?") == "Write a haiku about tests"
     long = "word " * 40
