@@ -1,58 +1,72 @@
-"""The providers' HTTP transport: httpx and httpcore over plain asyncio sockets.
+"""The providers' HTTP transport: HTTP/1.1 for httpx, straight over asyncio.
 
-httpcore reaches the network through anyio on asyncio, and every read of a streamed body
-pays for it: a cancel scope with its deadline timer, task-state lookups in weak
-dictionaries, a context manager or three. A reply reads 50-100 chunks, each a separate
-read, on the one event loop that streams every other reply; measured with `manage.py
-bench_overhead`, anyio's share was about a tenth of the app's CPU. `AsyncioBackend` speaks
-httpcore's network-backend interface with an `asyncio.Protocol` instead: a read is one
-future. A read timeout is a deadline on the connection, checked by one timer that is
-re-armed only when it fires early, not a timer made and cancelled for each of a stream's
-reads.
+Every reply reads 50-100 chunks of an SSE body, each a separate network read, on the one
+event loop that streams every other reply. Under httpx's own transport each read crossed
+httpcore's connection and pool layers, h11's state machine (two events per chunk, each
+validated) and anyio's cancel scopes; measured reading the bench's 54-chunk replies 25 at a
+time in one process, that cost about 3.5 ms of CPU per reply through httpcore (already on a
+plain asyncio backend), against about 1 ms for the same bytes parsed where they arrive.
 
-`transport(...)` is `httpx.AsyncHTTPTransport(...)` with this backend under its connection
-pool; requests through an environment proxy keep httpx's own transport.
+`Transport` is an `httpx.AsyncBaseTransport`, so the providers keep httpx's client, request
+building, timeouts and errors; what it replaces is the wire underneath, which the providers
+use in one shape: a request with a small JSON body, a response of a few headers and a body
+sent chunked (SSE), by length (errors, model lists) or until the connection closes.
+
+- Connections are pooled per (scheme, host, port) and kept alive while the server allows:
+  a body read to its end returns its connection to the pool; one closed early, cut off or
+  cancelled closes it. An idle connection the server has closed (or written to) since, or
+  idle longer than `Limits.keepalive_expiry`, is dropped when next picked.
+- Reads are bounded by the read timeout per wait (a deadline on the connection, checked by
+  one timer that is re-armed only when it fires early), connects by the connect timeout,
+  writes by the write timeout, the wait for a free connection by the pool timeout.
+- Failures are httpx's exceptions: ConnectError / ConnectTimeout, ReadError / ReadTimeout,
+  WriteError / WriteTimeout, RemoteProtocolError (a malformed response, or a body cut short),
+  PoolTimeout.
+
+Requests through an environment proxy keep httpx's own transport (httpx mounts it itself).
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any
 
-import httpcore
 import httpx
-from httpcore import (
-    ConnectError,
-    ConnectTimeout,
-    ReadError,
-    ReadTimeout,
-    WriteError,
-    WriteTimeout,
-)
 
-# Stop reading from the socket while this much is buffered and unread.
+# Stop reading from a socket while this much is buffered and unread.
 READ_HIGH_WATER = 256 * 1024
+# A response's status line and headers may not be longer than this.
+MAX_HEAD = 64 * 1024
+# Nor may a chunk's size line (with its extensions) or a trailer line.
+MAX_LINE = 4 * 1024
+_NO_BODY_STATUS = (204, 304)
+
+Key = tuple[bytes, bytes, int]
 
 
-class _Protocol(asyncio.Protocol):
-    """Buffers what arrives; one reader and one writer wait on it at a time (httpcore's
-    connections are used by one request at a time)."""
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection: what arrives is buffered; one request at a time reads
+    it, waiting for more with `wait()`."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, key: Key) -> None:
         self.loop = loop
+        self.key = key
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.eof = False
         self.error: BaseException | None = None
         self.reader: asyncio.Future[None] | None = None
+        self.writable: asyncio.Future[None] | None = None
+        self.reading_paused = False
         # The waiting read fails at `deadline`; `watchdog` fires at or before it.
         self.deadline = 0.0
         self.watchdog: asyncio.TimerHandle | None = None
-        self.writable: asyncio.Future[None] | None = None
-        self.reading_paused = False
+        self.idle_since = 0.0
+
+    # --- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -74,11 +88,11 @@ class _Protocol(asyncio.Protocol):
         self.eof = True
         self.error = exc
         self._wake_reader()
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
         if self.watchdog is not None:
             self.watchdog.cancel()
             self.watchdog = None
-        if self.writable is not None and not self.writable.done():
-            self.writable.set_result(None)
 
     def pause_writing(self) -> None:
         if self.writable is None or self.writable.done():
@@ -92,9 +106,12 @@ class _Protocol(asyncio.Protocol):
         if self.reader is not None and not self.reader.done():
             self.reader.set_result(None)
 
-    def wait_for_data(self, timeout: float | None) -> asyncio.Future[None]:
-        """A future the next arrival (or EOF) completes, failing with TimeoutError if
-        nothing comes within `timeout`."""
+    # --- reading and writing ---------------------------------------------------------------
+
+    async def wait(self, timeout: float | None) -> None:
+        """Wait for more data or the end of the stream (raise TimeoutError after `timeout`)."""
+        if self.eof:
+            return
         self.reader = reader = self.loop.create_future()
         if timeout is not None:
             self.deadline = deadline = self.loop.time() + timeout
@@ -103,7 +120,10 @@ class _Protocol(asyncio.Protocol):
                 if watchdog is not None:
                     watchdog.cancel()
                 self.watchdog = self.loop.call_at(deadline, self._check_deadline)
-        return reader
+        try:
+            await reader
+        finally:
+            self.reader = None
 
     def _check_deadline(self) -> None:
         self.watchdog = None
@@ -115,152 +135,437 @@ class _Protocol(asyncio.Protocol):
         else:  # a later read moved the deadline on
             self.watchdog = self.loop.call_at(self.deadline, self._check_deadline)
 
+    def consumed(self) -> None:
+        """The reader took data from the buffer: read from the socket again if it paused."""
+        if self.reading_paused and len(self.buffer) <= READ_HIGH_WATER // 4:
+            self.reading_paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
 
-def _expire(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
-
-
-async def _wait(protocol: _Protocol, future: asyncio.Future[None], timeout: float | None) -> None:
-    timer = None if timeout is None else protocol.loop.call_later(timeout, _expire, future)
-    try:
-        await future
-    finally:
-        if timer is not None:
-            timer.cancel()
-
-
-class AsyncioStream(httpcore.AsyncNetworkStream):
-    def __init__(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
-        self._transport = transport
-        self._protocol = protocol
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        protocol = self._protocol
-        if not protocol.buffer and not protocol.eof:
-            try:
-                await protocol.wait_for_data(timeout)
-            except TimeoutError:
-                raise ReadTimeout("The read timed out.") from None
-            finally:
-                protocol.reader = None
-        if protocol.buffer:
-            data = bytes(protocol.buffer[:max_bytes])
-            del protocol.buffer[:max_bytes]
-            if protocol.reading_paused and len(protocol.buffer) <= READ_HIGH_WATER // 4:
-                protocol.reading_paused = False
-                self._transport.resume_reading()
-            return data
-        if protocol.error is not None:
-            raise ReadError(str(protocol.error)) from protocol.error
-        return b""  # the server closed the connection
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if not buffer:
-            return
-        protocol = self._protocol
-        if self._transport.is_closing() or protocol.error is not None:
-            raise WriteError("The connection is closed.")
-        self._transport.write(buffer)
-        if protocol.writable is not None and not protocol.writable.done():
-            try:
-                await _wait(protocol, asyncio.shield(protocol.writable), timeout)
-            except TimeoutError:
-                raise WriteTimeout("The write timed out.") from None
-
-    async def aclose(self) -> None:
-        self._transport.close()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        loop = self._protocol.loop
-        try:
+    async def write(self, data: bytes, timeout: float | None) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.eof:
+            raise ConnectionError("the connection is closed")
+        transport.write(data)
+        if self.writable is not None and not self.writable.done():
             async with asyncio.timeout(timeout):
-                tls = await loop.start_tls(
-                    self._transport, self._protocol, ssl_context, server_hostname=server_hostname
-                )
-        except TimeoutError:
-            self._transport.close()
-            raise ConnectTimeout("The TLS handshake timed out.") from None
-        except (OSError, ssl.SSLError) as exc:
-            self._transport.close()
-            raise ConnectError(str(exc)) from exc
-        assert isinstance(tls, asyncio.Transport)
-        self._protocol.transport = tls
-        return AsyncioStream(tls, self._protocol)
+                await asyncio.shield(self.writable)
+            if self.error is not None or transport.is_closing():
+                raise ConnectionError("the connection closed while writing")
 
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":
-            # An idle pooled connection with data or EOF waiting was closed by the server.
-            return self._protocol.eof or bool(self._protocol.buffer)
-        if info == "client_addr":
-            return self._transport.get_extra_info("sockname")
-        if info == "server_addr":
-            return self._transport.get_extra_info("peername")
-        if info in ("ssl_object", "socket") and not self._transport.is_closing():
-            return self._transport.get_extra_info(info)
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
+
+    def usable_when_idle(self) -> bool:
+        """Whether an idle connection may carry another request: nothing has arrived on it
+        since its last response (data or EOF there means the server closed or broke it)."""
+        transport = self.transport
+        return not (self.eof or self.buffer or transport is None or transport.is_closing())
+
+    def get_extra_info(self, name: str) -> Any:
+        """httpx's `network_stream` extension: what the socket knows (ssl_object, ...)."""
+        if name == "is_readable":  # as httpcore's streams say: something (or EOF) arrived
+            return self.eof or bool(self.buffer)
+        if self.transport is None or self.transport.is_closing():
+            return None
+        return self.transport.get_extra_info(name)
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+
+class _Head:
+    __slots__ = ("close", "headers", "reason", "status", "version")
+
+    def __init__(
+        self, version: bytes, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ):
+        self.version, self.status, self.reason, self.headers = version, status, reason, headers
+        tokens = b",".join(v for n, v in headers if n.lower() == b"connection").lower()
+        self.close = version != b"HTTP/1.1" or b"close" in tokens
+
+    def header(self, name: bytes) -> bytes | None:
+        values = [v for n, v in self.headers if n.lower() == name]
+        return b",".join(values) if values else None
+
+
+def parse_head(raw: bytes) -> _Head:
+    """The status line and headers (without the blank line that ends them)."""
+    lines = raw.split(b"\r\n")
+    version, _, rest = lines[0].partition(b" ")
+    code, _, reason = rest.partition(b" ")
+    if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
+        raise ValueError(f"not an HTTP/1.1 status line: {lines[0][:80]!r}")
+    headers = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip():
+            raise ValueError(f"not a header line: {line[:80]!r}")
+        headers.append((name, value.strip(b" \t")))
+    return _Head(version, int(code), reason, headers)
+
+
+class ChunkedDecoder:
+    """A chunked body (RFC 9112 7.1) taken from a buffer as it fills: `feed` consumes what
+    it can of `buffer` and returns the data it decoded, and whether the body has ended."""
+
+    def __init__(self) -> None:
+        self._left = 0  # bytes of the current chunk still to come
+        self._state = "size"  # size, data, data_end, trailer
+
+    def feed(self, buffer: bytearray) -> tuple[bytes, bool]:
+        out: list[bytes] = []
+        while buffer:
+            state = self._state
+            if state == "data":
+                take = min(self._left, len(buffer))
+                out.append(bytes(buffer[:take]))
+                del buffer[:take]
+                self._left -= take
+                if self._left == 0:
+                    self._state = "data_end"
+            elif state == "data_end":
+                if len(buffer) < 2:
+                    break
+                if buffer[:2] != b"\r\n":
+                    raise ValueError("a chunk does not end with CRLF")
+                del buffer[:2]
+                self._state = "size"
+            else:
+                end = buffer.find(b"\r\n")
+                if end < 0:
+                    if len(buffer) > MAX_LINE:
+                        raise ValueError("a chunk size or trailer line is too long")
+                    break
+                line = bytes(buffer[:end])
+                del buffer[: end + 2]
+                if state == "trailer":
+                    if not line:  # the blank line after the trailers: the body's end
+                        return b"".join(out), True
+                    continue
+                size = line.split(b";", 1)[0].strip()
+                if not size or any(c not in b"0123456789abcdefABCDEF" for c in size):
+                    raise ValueError(f"not a chunk size: {line[:40]!r}")
+                self._left = int(size, 16)
+                self._state = "data" if self._left else "trailer"
+        return b"".join(out), False
+
+
+# --- the transport ----------------------------------------------------------------------------
+
+
+class Transport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 with a keep-alive pool, for one event loop (see the module's docstring)."""
+
+    def __init__(
+        self, verify: ssl.SSLContext | str | bool = True, limits: httpx.Limits | None = None
+    ) -> None:
+        limits = limits or httpx.Limits()
+        self._verify = verify
+        self._ssl: ssl.SSLContext | None = None
+        self._max = limits.max_connections
+        self._max_idle = limits.max_keepalive_connections
+        self._expiry = limits.keepalive_expiry
+        self._idle: dict[Key, list[_Connection]] = {}
+        self._open = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    # --- connections -----------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            if isinstance(self._verify, ssl.SSLContext):
+                self._ssl = self._verify
+            else:
+                self._ssl = httpx.create_ssl_context(verify=self._verify)
+                self._ssl.set_alpn_protocols(["http/1.1"])
+        return self._ssl
+
+    async def _acquire(self, request: httpx.Request, key: Key, timeouts: dict[str, Any]) -> Any:
+        """A kept connection to `key`, or a new one when the limit allows; otherwise wait
+        (at most the pool timeout) for a response to give one back."""
+        try:
+            async with asyncio.timeout(timeouts.get("pool")):
+                while (conn := self._kept(key)) is None:
+                    if self._max is None or self._open < self._max or self._closed_idle_one():
+                        break
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._waiters.append(waiter)
+                    try:
+                        await waiter
+                    finally:
+                        if waiter in self._waiters:
+                            self._waiters.remove(waiter)
+        except TimeoutError:
+            raise httpx.PoolTimeout("No connection came free in time.", request=request)
+        if conn is not None:
+            return conn
+        self._open += 1
+        try:
+            return await self._connect(request, key, timeouts.get("connect"))
+        except BaseException:
+            self._open -= 1
+            self._wake_one()
+            raise
+
+    def _kept(self, key: Key) -> _Connection | None:
+        """The most recently used idle connection to `key` that is still fit for use."""
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            expired = self._expiry is not None and conn.loop.time() - conn.idle_since > self._expiry
+            if not expired and conn.usable_when_idle():
+                return conn
+            self._drop(conn)
         return None
 
+    def _closed_idle_one(self) -> bool:
+        """Make room by closing an idle connection to another server, if there is one."""
+        for conns in self._idle.values():
+            if conns:
+                self._drop(conns.pop(0))
+                return True
+        return False
 
-class AsyncioBackend(httpcore.AsyncNetworkBackend):
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
+    async def _connect(self, request: httpx.Request, key: Key, timeout: float | None) -> Any:
+        scheme, host, port = key
         loop = asyncio.get_running_loop()
-        local = (local_address, 0) if local_address else None
+        hostname = host.decode("ascii")
+        tls = self._ssl_context() if scheme == b"https" else None
         try:
             async with asyncio.timeout(timeout):
-                transport, protocol = await loop.create_connection(
-                    lambda: _Protocol(loop), host, port, local_addr=local
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(loop, key),
+                    hostname,
+                    port,
+                    ssl=tls,
+                    server_hostname=hostname if tls is not None else None,
                 )
         except TimeoutError:
-            raise ConnectTimeout(f"Connecting to {host}:{port} timed out.") from None
-        except OSError as exc:
-            raise ConnectError(str(exc)) from exc
-        sock = transport.get_extra_info("socket")
-        for option in socket_options or ():
-            sock.setsockopt(*option)
-        return AsyncioStream(transport, protocol)
+            raise httpx.ConnectTimeout(
+                f"Connecting to {hostname}:{port} timed out.", request=request
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
+        return conn
 
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
+    def _release(self, conn: _Connection, reusable: bool) -> None:
+        """A response is done with `conn`: keep it for the next request, or close it."""
+        idle = self._idle.setdefault(conn.key, [])
+        kept = sum(len(conns) for conns in self._idle.values())
+        room = self._max_idle is None or kept < self._max_idle
+        if reusable and room and not self._closed and conn.usable_when_idle():
+            conn.idle_since = conn.loop.time()
+            idle.append(conn)
+            self._wake_one()
+            return
+        self._drop(conn)
+
+    def _drop(self, conn: _Connection) -> None:
+        conn.close()
+        self._open -= 1
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    # --- one exchange ----------------------------------------------------------------------
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme not in (b"http", b"https"):
+            raise httpx.UnsupportedProtocol(f"unsupported scheme {url.scheme!r}", request=request)
+        port = url.port or (443 if scheme == b"https" else 80)
+        key = (scheme, url.raw_host, port)
+        timeouts = request.extensions.get("timeout", {})
+        conn = await self._acquire(request, key, timeouts)
         try:
-            async with asyncio.timeout(timeout):
-                transport, protocol = await loop.create_unix_connection(
-                    lambda: _Protocol(loop), path
-                )
+            await self._send(conn, request, timeouts.get("write"))
+            head = await self._read_head(conn, request, timeouts.get("read"))
+        except BaseException:
+            self._drop(conn)
+            raise
+        body = _Body(self, conn, request, head, timeouts.get("read"))
+        return httpx.Response(
+            head.status,
+            headers=head.headers,
+            stream=body,
+            extensions={
+                "http_version": head.version,
+                "reason_phrase": head.reason,
+                "network_stream": conn,
+            },
+        )
+
+    async def _send(self, conn: _Connection, request: httpx.Request, timeout: float | None) -> None:
+        lines = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
+        for name, value in request.headers.raw:
+            lines += (name, b": ", value, b"\r\n")
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        chunked = (request.headers.get("transfer-encoding") or "").lower() == "chunked"
+        try:
+            content = request.content  # a body in memory (JSON, bytes): one write with the head
+        except httpx.RequestNotRead:
+            content = None
+        try:
+            if content is not None and not chunked:
+                await conn.write(head + content, timeout)
+                return
+            await conn.write(head, timeout)
+            async for piece in request.stream:  # type: ignore[union-attr]
+                if piece:
+                    await conn.write(
+                        b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece, timeout
+                    )
+            if chunked:
+                await conn.write(b"0\r\n\r\n", timeout)
         except TimeoutError:
-            raise ConnectTimeout(f"Connecting to {path} timed out.") from None
-        except OSError as exc:
-            raise ConnectError(str(exc)) from exc
-        sock: socket.socket = transport.get_extra_info("socket")
-        for option in socket_options or ():
-            sock.setsockopt(*option)
-        return AsyncioStream(transport, protocol)
+            raise httpx.WriteTimeout("The write timed out.", request=request) from None
+        except ConnectionError as exc:
+            raise httpx.WriteError(str(exc), request=request) from exc
 
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+    async def _read_head(
+        self, conn: _Connection, request: httpx.Request, timeout: float | None
+    ) -> _Head:
+        while True:
+            buffer = conn.buffer
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > MAX_HEAD:
+                    raise httpx.RemoteProtocolError(
+                        "The response head is too long.", request=request
+                    )
+                if conn.eof:
+                    raise _lost(conn, request, "Server disconnected without sending a response.")
+                try:
+                    await conn.wait(timeout)
+                except TimeoutError:
+                    raise httpx.ReadTimeout("The read timed out.", request=request) from None
+                continue
+            raw = bytes(buffer[:end])
+            del buffer[: end + 4]
+            conn.consumed()
+            try:
+                head = parse_head(raw)
+            except ValueError as exc:
+                raise httpx.RemoteProtocolError(str(exc), request=request) from None
+            if 100 <= head.status < 200 and head.status != 101:
+                continue  # 100 Continue, 103 Early Hints: the real response follows
+            return head
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for conns in self._idle.values():
+            for conn in conns:
+                self._drop(conn)
+        self._idle.clear()
 
 
-def transport(**kwargs: Any) -> httpx.AsyncHTTPTransport:
-    """`httpx.AsyncHTTPTransport(**kwargs)` reading and writing through `AsyncioBackend`."""
-    result = httpx.AsyncHTTPTransport(**kwargs)
-    pool = result._pool
-    # httpcore's pool keeps its backend here (1.0); a test fails if that ever moves.
-    if isinstance(pool, httpcore.AsyncConnectionPool) and hasattr(pool, "_network_backend"):
-        pool._network_backend = AsyncioBackend()
-    return result
+def _lost(conn: _Connection, request: httpx.Request, message: str) -> httpx.TransportError:
+    if conn.error is not None:
+        return httpx.ReadError(str(conn.error) or message, request=request)
+    return httpx.RemoteProtocolError(message, request=request)
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response body as its framing says: chunked, by length, or to the connection's end.
+    Read to its end, it gives the connection back to the pool; closed before, it closes it."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        conn: _Connection,
+        request: httpx.Request,
+        head: _Head,
+        timeout: float | None,
+    ) -> None:
+        self._transport, self._conn, self._request = transport, conn, request
+        self._timeout = timeout
+        self._complete = False
+        self._released = False
+        length = head.header(b"content-length")
+        encoding = (head.header(b"transfer-encoding") or b"").lower()
+        self._reusable = not head.close and request.headers.get("connection") != "close"
+        if request.method == "HEAD" or head.status in _NO_BODY_STATUS:
+            self._framing, self._left = "none", 0
+        elif encoding.endswith(b"chunked"):
+            self._framing, self._left = "chunked", 0
+        elif length is not None:
+            try:
+                self._framing, self._left = "length", int(length.split(b",")[0])
+            except ValueError:
+                raise httpx.RemoteProtocolError("Bad Content-Length.", request=request) from None
+        else:
+            self._framing, self._left = "close", 0
+            self._reusable = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        conn, request = self._conn, self._request
+        decoder = ChunkedDecoder() if self._framing == "chunked" else None
+        try:
+            while True:
+                eof = conn.eof  # before taking: then all that will ever come is buffered
+                try:
+                    data, done = self._take(conn.buffer, decoder)
+                except ValueError as exc:
+                    raise httpx.RemoteProtocolError(str(exc), request=request) from None
+                conn.consumed()
+                if data:
+                    yield data
+                if done:
+                    break
+                if eof:
+                    if self._framing == "close" and conn.error is None:
+                        break  # the connection's end is the body's
+                    raise _lost(conn, request, "The body ended before it was complete.")
+                try:
+                    await conn.wait(self._timeout)
+                except TimeoutError:
+                    raise httpx.ReadTimeout("The read timed out.", request=request) from None
+            # Bytes beyond the body break the framing of whatever would come next.
+            self._complete = not conn.buffer
+        finally:
+            if self._complete:
+                self._release()
+
+    def _take(self, buffer: bytearray, decoder: ChunkedDecoder | None) -> tuple[bytes, bool]:
+        """The body's bytes in `buffer` (consumed), and whether the body is complete."""
+        if decoder is not None:
+            return decoder.feed(buffer)
+        if self._framing == "none":
+            return b"", True
+        if self._framing == "length":
+            take = min(self._left, len(buffer))
+            data = bytes(buffer[:take])
+            del buffer[:take]
+            self._left -= take
+            return data, self._left == 0
+        data = bytes(buffer)
+        buffer.clear()
+        return data, False
+
+    async def aclose(self) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._transport._release(self._conn, self._complete and self._reusable)
+
+
+def transport(**kwargs: Any) -> Transport:
+    """The transport each provider's pooled httpx client sends through."""
+    return Transport(**kwargs)

@@ -1,4 +1,4 @@
-"""providers/transport.py: httpx over our asyncio backend, against real sockets on 127.0.0.1."""
+"""providers/transport.py: httpx over our HTTP/1.1 transport, against real sockets on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import httpx
 import pytest
 import trustme
 
-from providers.transport import AsyncioBackend, transport
+from providers.transport import ChunkedDecoder, transport
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -41,11 +41,6 @@ async def _chunked(reader, writer, pieces: list[bytes], close: bool = False) -> 
         await writer.drain()
     writer.write(b"0\r\n\r\n")
     await writer.drain()
-
-
-def test_the_transport_puts_our_backend_under_httpx():
-    pool = transport()._pool
-    assert isinstance(pool._network_backend, AsyncioBackend)
 
 
 async def test_a_chunked_stream_arrives_piece_by_piece_on_one_kept_connection():
@@ -230,3 +225,205 @@ async def test_a_pooled_connection_the_server_closed_is_replaced():
         await asyncio.wait_for(until_readable(first.extensions["network_stream"]), 5)
         assert (await client.get(url)).content == b"ok"
     assert accepted == 2
+
+
+# --- framing, keep-alive and the pool ---------------------------------------------------------
+
+
+def test_the_chunked_decoder_takes_a_body_split_anywhere():
+    wire = b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nTrailer: yes\r\n\r\n"
+    for cut in range(len(wire) + 1):
+        decoder, buffer, data, done = ChunkedDecoder(), bytearray(), b"", False
+        for part in (wire[:cut], wire[cut:]):
+            buffer += part
+            piece, ended = decoder.feed(buffer)
+            data, done = data + piece, done or ended
+        assert (data, done, bytes(buffer)) == (b"hello, world", True, b""), cut
+
+
+@pytest.mark.parametrize("wire", [b"zz\r\n", b"3\r\nabcX\r\n", b"-1\r\n", b"1" * 5000])
+def test_the_chunked_decoder_refuses_a_malformed_body(wire):
+    with pytest.raises(ValueError):
+        ChunkedDecoder().feed(bytearray(wire))
+
+
+async def _counting_server(respond):
+    """A server answering every request on a connection with `respond(n)` (the request's
+    number on it); returns the server and a list of accepted connections' request counts."""
+    connections: list[int] = []
+
+    async def handler(reader, writer):
+        connections.append(0)
+        me = len(connections) - 1
+        try:
+            while True:
+                await _read_request(reader)
+                connections[me] += 1
+                writer.write(respond(connections[me]))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+
+    return await _serve(handler), connections
+
+
+async def test_a_body_by_length_keeps_the_connection():
+    server, connections = await _counting_server(
+        lambda n: b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    )
+    async with server, _client() as client:
+        url = f"http://127.0.0.1:{_port(server)}/"
+        assert [(await client.get(url)).content for _ in range(3)] == [b"hello"] * 3
+    assert connections == [3]
+
+
+async def test_informational_responses_are_skipped():
+    server, _ = await _counting_server(
+        lambda n: (
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        )
+    )
+    async with server, _client() as client:
+        response = await client.get(f"http://127.0.0.1:{_port(server)}/")
+    assert (response.status_code, response.content) == (200, b"ok")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ],
+    ids=["connection-close", "http-1.0"],
+)
+async def test_a_connection_the_server_will_close_is_not_reused(answer):
+    server, connections = await _counting_server(lambda n: answer)
+    async with server, _client() as client:
+        url = f"http://127.0.0.1:{_port(server)}/"
+        assert [(await client.get(url)).content for _ in range(2)] == [b"ok", b"ok"]
+    assert connections == [1, 1]
+
+
+async def test_a_body_to_the_connections_end_is_read_whole():
+    async def handler(reader, writer):
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\nall of ")
+        await writer.drain()
+        writer.write(b"it")
+        writer.close()
+
+    server = await _serve(handler)
+    async with server, _client() as client:
+        assert (await client.get(f"http://127.0.0.1:{_port(server)}/")).content == b"all of it"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n1",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+    ],
+    ids=["length", "mid-size-line", "mid-chunk"],
+)
+async def test_a_body_cut_short_is_a_protocol_error(answer):
+    async def handler(reader, writer):
+        await _read_request(reader)
+        writer.write(answer)
+        writer.close()
+
+    server = await _serve(handler)
+    async with server, _client() as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get(f"http://127.0.0.1:{_port(server)}/")
+
+
+async def test_a_garbled_status_line_is_a_protocol_error():
+    server, _ = await _counting_server(lambda n: b"SMTP ready\r\n\r\n")
+    async with server, _client() as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get(f"http://127.0.0.1:{_port(server)}/")
+
+
+async def test_a_body_left_unread_closes_its_connection():
+    server, connections = await _counting_server(
+        lambda n: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n"
+    )  # the body never ends
+    async with server, _client() as client:
+        url = f"http://127.0.0.1:{_port(server)}/"
+        for _ in range(2):
+            async with client.stream("GET", url) as response:
+                async for chunk in response.aiter_raw():
+                    assert chunk == b"ab"
+                    break
+    assert connections == [1, 1]
+
+
+async def test_a_head_request_and_a_204_read_no_body():
+    server, connections = await _counting_server(
+        lambda n: (
+            b"HTTP/1.1 204 No Content\r\n\r\n"
+            if n == 1
+            else b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"
+        )
+    )
+    async with server, _client() as client:
+        url = f"http://127.0.0.1:{_port(server)}/"
+        assert (await client.get(url)).status_code == 204
+        assert (await client.head(url)).headers["content-length"] == "99"
+    assert connections == [2]
+
+
+async def test_a_streamed_upload_is_sent_chunked():
+    received = asyncio.get_running_loop().create_future()
+
+    async def handler(reader, writer):
+        head = await _read_request(reader)
+        body = await reader.readuntil(b"0\r\n\r\n")
+        received.set_result((head, body))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    async def upload():
+        yield b"first,"
+        yield b"second"
+
+    server = await _serve(handler)
+    async with server, _client() as client:
+        await client.post(f"http://127.0.0.1:{_port(server)}/up?x=1", content=upload())
+    head, body = await received
+    assert head.startswith(b"POST /up?x=1 HTTP/1.1\r\n")
+    assert b"Transfer-Encoding: chunked" in head
+    assert body == b"6\r\nfirst,\r\n6\r\nsecond\r\n0\r\n\r\n"
+
+
+async def test_the_pool_waits_for_a_free_connection_then_times_out():
+    asked, release = asyncio.Event(), asyncio.Event()
+    accepted = 0
+
+    async def handler(reader, writer):
+        nonlocal accepted
+        accepted += 1
+        while True:
+            try:
+                await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            asked.set()
+            await release.wait()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    server = await _serve(handler)
+    url = f"http://127.0.0.1:{_port(server)}/"
+    client = httpx.AsyncClient(transport=transport(limits=httpx.Limits(max_connections=1)))
+    async with server, client:
+        first = asyncio.create_task(client.get(url))
+        await asyncio.wait_for(asked.wait(), 5)  # the first holds the only connection
+        with pytest.raises(httpx.PoolTimeout):
+            await client.get(url, timeout=httpx.Timeout(5.0, pool=0.05))
+        second = asyncio.create_task(client.get(url))  # waits for the first's connection
+        release.set()
+        assert [(await first).content, (await second).content] == [b"ok", b"ok"]
+    assert accepted == 1  # the second took the first's connection when it came back
