@@ -29,6 +29,7 @@ Requests through an environment proxy keep httpx's own transport (httpx mounts i
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
@@ -43,6 +44,8 @@ MAX_HEAD = 64 * 1024
 # Nor may a chunk's size line (with its extensions) or a trailer line.
 MAX_LINE = 4 * 1024
 _NO_BODY_STATUS = (204, 304)
+# A chunk's size in hex, then optional extensions (`;name=value`), which nobody needs.
+_CHUNK_SIZE = re.compile(rb"[ \t]*([0-9A-Fa-f]+)[ \t]*(?:;.*)?")
 
 Key = tuple[bytes, bytes, int]
 
@@ -242,16 +245,24 @@ class ChunkedDecoder:
                         raise ValueError("a chunk size or trailer line is too long")
                     break
                 line = bytes(buffer[:end])
-                del buffer[: end + 2]
                 if state == "trailer":
+                    del buffer[: end + 2]
                     if not line:  # the blank line after the trailers: the body's end
                         return b"".join(out), True
                     continue
-                size = line.split(b";", 1)[0].strip()
-                if not size or any(c not in b"0123456789abcdefABCDEF" for c in size):
+                size = _CHUNK_SIZE.fullmatch(line)
+                if size is None:
                     raise ValueError(f"not a chunk size: {line[:40]!r}")
-                self._left = int(size, 16)
-                self._state = "data" if self._left else "trailer"
+                left = int(size[1], 16)
+                start, stop = end + 2, end + 2 + left
+                if left and len(buffer) >= stop + 2 and buffer[stop : stop + 2] == b"\r\n":
+                    # The usual case, a whole chunk in the buffer: one step, not three.
+                    out.append(bytes(buffer[start:stop]))
+                    del buffer[: stop + 2]
+                    continue
+                del buffer[:start]
+                self._left = left
+                self._state = "data" if left else "trailer"
         return b"".join(out), False
 
 

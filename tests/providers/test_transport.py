@@ -241,7 +241,9 @@ def test_the_chunked_decoder_takes_a_body_split_anywhere():
         assert (data, done, bytes(buffer)) == (b"hello, world", True, b""), cut
 
 
-@pytest.mark.parametrize("wire", [b"zz\r\n", b"3\r\nabcX\r\n", b"-1\r\n", b"1" * 5000])
+@pytest.mark.parametrize(
+    "wire", [b"zz\r\n", b"1x\r\n", b"0x1\r\n", b"3\r\nabcX\r\n", b"-1\r\n", b"1" * 5000]
+)
 def test_the_chunked_decoder_refuses_a_malformed_body(wire):
     with pytest.raises(ValueError):
         ChunkedDecoder().feed(bytearray(wire))
