@@ -10,7 +10,8 @@ import httpx
 import pytest
 import trustme
 
-from providers.transport import ChunkedDecoder, transport
+from providers.http11 import ChunkedDecoder, parse_head
+from providers.transport import transport
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -249,6 +250,24 @@ def test_the_chunked_decoder_refuses_a_malformed_body(wire):
         ChunkedDecoder().feed(bytearray(wire))
 
 
+def test_a_response_head_is_read_as_sent():
+    head = parse_head(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After:  7 \r\nX-A: 1\r\nx-a: 2")
+    assert (head.version, head.status, head.reason) == (b"HTTP/1.1", 429, b"Too Many Requests")
+    assert head.header(b"retry-after") == b"7"
+    assert head.header(b"x-a") == b"1,2"
+    assert not head.close
+    assert parse_head(b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, Close").close
+    assert parse_head(b"HTTP/1.0 200 OK").close
+
+
+@pytest.mark.parametrize(
+    "raw", [b"HTTP/2 200 OK", b"HTTP/1.1 2000 OK", b"HTTP/1.1 200 OK\r\nBad Header : x", b"hello"]
+)
+def test_a_malformed_response_head_is_refused(raw):
+    with pytest.raises(ValueError):
+        parse_head(raw)
+
+
 async def _counting_server(respond):
     """A server answering every request on a connection with `respond(n)` (the request's
     number on it); returns the server and a list of accepted connections' request counts."""
@@ -339,6 +358,18 @@ async def test_a_body_cut_short_is_a_protocol_error(answer):
     async with server, _client() as client:
         with pytest.raises(httpx.RemoteProtocolError):
             await client.get(f"http://127.0.0.1:{_port(server)}/")
+
+
+@pytest.mark.parametrize("length", [b"5, 6", b"-1", b"five"])
+async def test_a_bad_content_length_is_a_protocol_error_and_frees_the_connection(length):
+    server, _ = await _counting_server(
+        lambda n: b"HTTP/1.1 200 OK\r\nContent-Length: " + length + b"\r\n\r\nhello"
+    )
+    pool = transport(limits=httpx.Limits(max_connections=1))
+    async with server, httpx.AsyncClient(transport=pool) as client:
+        for _ in range(2):  # the only connection was given up, not leaked
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.get(f"http://127.0.0.1:{_port(server)}/", timeout=2)
 
 
 async def test_a_garbled_status_line_is_a_protocol_error():
