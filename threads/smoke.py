@@ -135,6 +135,8 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
+        if 0 < abs(value) < 1:  # CPU per chunk: 0.24 against a 0.2 target must not read 0.2
+            return f"{value:.2f}"
         return f"{value:.1f}" if abs(value) < 1000 else f"{value:.0f}"
     return str(value)
 

@@ -176,3 +176,10 @@ async def test_steady_arrival_spreads_the_first_starts_and_then_keeps_every_slot
     # Worker k waits k * 0.2 / 4 s before its first job (a sleep never ends early).
     assert starts[3] - t0 >= 0.15
     assert starts[3] - starts[0] >= 0.1
+
+
+def test_a_figure_just_over_its_target_does_not_print_as_the_target():
+    report = smoke.Report("t")
+    report.checks.append(smoke.Check("CPU per chunk", 0.2437, 0.2))
+    assert "FAIL  CPU per chunk: 0.24 ms (target <= 0.2)" in report.table()
+    assert smoke._fmt(12.34) == "12.3" and smoke._fmt(0.0) == "0.0"
