@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from threads import replies
+from threads import replies, tasks
 
 
 @pytest.fixture(autouse=True)
@@ -72,6 +72,7 @@ async def generations():
     yield
     try:
         await asyncio.wait_for(replies.wait_all(), 20)
+        await asyncio.wait_for(tasks.wait_queued(), 20)  # the jobs they queued, too
     except TimeoutError:
         pytest.fail(f"replies still running after the test: {replies._running}")
 

@@ -161,6 +161,7 @@ class _Send:
     created: bool = False
     request: ChatRequest | None = None  # what a new reply's generation starts from
     earlier: list[tuple[str, str]] | None = None  # the conversation before, if read already
+    title_due: bool = False  # a new conversation: title it once the reply has started
     response: HttpResponse | None = None
 
 
@@ -188,10 +189,9 @@ def _save_send(request: HtmxHttpRequest, code: uuid.UUID) -> _Send:
         author=request.user,
         client_id=client_id,
     )
-    if created and first:
-        tasks.title_thread.delay_on_commit(thread.pk)
     earlier = None if found is None else found.history
-    return _Send(thread, [], user_message, reply, created, earlier=earlier)
+    title_due = created and first
+    return _Send(thread, [], user_message, reply, created, earlier=earlier, title_due=title_due)
 
 
 def _send_response(request: HtmxHttpRequest, sent: _Send) -> HttpResponse:
@@ -245,6 +245,8 @@ async def _save_and_start(
         return sent  # not signed in
     if sent.created and sent.reply is not None:
         replies.start(sent.reply, sent.request)
+    if sent.title_due:
+        tasks.title_soon(sent.thread.pk)
     assert sent.response is not None
     return sent.response
 

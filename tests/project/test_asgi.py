@@ -25,7 +25,10 @@ def test_start_up_loads_every_view_and_freezes_what_it_made():
     import gc
     import sys
 
+    from chatproject.celery import app as celery_app
+
     assert "threads.api" in sys.modules and "threads.views" in sys.modules
+    assert celery_app.finalized
     assert gc.get_freeze_count() > 10_000
 
 

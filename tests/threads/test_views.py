@@ -9,7 +9,7 @@ from django.test import AsyncClient, Client
 from django.urls import reverse
 
 from tests.factories import make_exchange, make_org, make_thread, make_user
-from threads import replies
+from threads import replies, tasks
 from threads.models import Message, Thread
 from threads.tasks import title_for
 
@@ -39,10 +39,47 @@ async def test_the_first_send_streams_a_reply_and_titles_the_thread(generations)
     assert response.status_code == 200
     assert 'class="skeleton"' in response.content.decode()
     await replies.wait_all()
+    await tasks.wait_queued()  # the title job, queued once the reply had started
     reply = await Message.objects.aget(thread=thread, role="assistant")
     assert reply.status == "complete"
     thread = await Thread.objects.aget(pk=thread.pk)
     assert thread.title == "Explain Django partials"
+
+
+async def test_a_send_does_not_wait_for_or_fail_with_the_title_job(
+    generations, monkeypatch, caplog
+):
+    # The broker is down: handing over the title job fails, after the reply has started.
+    org = await sync_to_async(make_org)()
+    user = await sync_to_async(make_user)("alice", org)
+    thread = await sync_to_async(make_thread)(org, user)
+    order = []
+    real_start = replies.start
+
+    def start(message, request=None):
+        order.append("reply started")
+        return real_start(message, request)
+
+    def broker_down(thread_id):
+        order.append("title queued")
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(replies, "start", start)
+    monkeypatch.setattr(tasks.title_thread, "delay", broker_down)
+    client = AsyncClient()
+    await sync_to_async(client.force_login)(user)
+    response = await client.post(
+        f"/t/{thread.code}/send",
+        {"content": "Hello there", "model": "demo:demo-chat"},
+        headers={"HX-Request": "true"},
+    )
+    assert response.status_code == 200
+    await replies.wait_all()
+    await tasks.wait_queued()
+    assert order == ["reply started", "title queued"]
+    reply = await Message.objects.aget(thread=thread, role="assistant")
+    assert reply.status == "complete"
+    assert "could not queue the title" in caplog.text
 
 
 @pytest.mark.parametrize("view", ["threads:send", "threads:regenerate"])
