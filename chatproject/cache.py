@@ -8,7 +8,7 @@ shares them (redis-py's pools are thread-safe and make new connections after a f
 
 The client object Django wraps around them (`RedisCacheClient`: the serializer, the parser
 class, the driver info) is shared the same way: it holds no per-call state, and building
-one per context cost about 0.4 ms of CPU for each reply's one cache write, a third of it.
+one per context cost about 0.5 ms of CPU for each reply's one cache write, half of it.
 """
 
 from __future__ import annotations

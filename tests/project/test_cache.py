@@ -27,7 +27,7 @@ def test_backends_built_per_context_share_one_connection_pool():
 
 
 def test_backends_built_per_context_share_one_client():
-    # Building Django's client wrapper per context was a third of a cache write's CPU.
+    # Building Django's client wrapper per context was half of a cache write's CPU.
     clients = []
     thread = threading.Thread(target=lambda: clients.append(SharedPoolRedisCache(URL, {})._cache))
     thread.start()
