@@ -25,16 +25,39 @@ def alice():
     return org, user, client
 
 
-async def test_the_first_send_streams_a_reply_and_titles_the_thread(generations):
+async def _signed_in_with_a_thread() -> tuple[AsyncClient, Thread]:
     org = await sync_to_async(make_org)()
     user = await sync_to_async(make_user)("alice", org)
     thread = await sync_to_async(make_thread)(org, user)
     client = AsyncClient()
     await sync_to_async(client.force_login)(user)
-    response = await client.post(
-        f"/t/{thread.code}/send",
-        {"content": "Please explain **Django** partials?", "model": "demo:demo-chat"},
+    return client, thread
+
+
+async def _post(client: AsyncClient, view: str, code, content: str = "Hi"):
+    """What the compose form (or a reply's regenerate button) posts, as htmx does."""
+    return await client.post(
+        reverse(view, args=[code]),
+        {"content": content, "model": "demo:demo-chat"},
         headers={"HX-Request": "true"},
+    )
+
+
+def _record_starts(monkeypatch, record) -> None:
+    """Call `record(request)` each time a reply's generation is started, then start it."""
+    real_start = replies.start
+
+    def start(message, request=None):
+        record(request)
+        return real_start(message, request)
+
+    monkeypatch.setattr(replies, "start", start)
+
+
+async def test_the_first_send_streams_a_reply_and_titles_the_thread(generations):
+    client, thread = await _signed_in_with_a_thread()
+    response = await _post(
+        client, "threads:send", thread.code, "Please explain **Django** partials?"
     )
     assert response.status_code == 200
     assert 'class="skeleton"' in response.content.decode()
@@ -50,29 +73,16 @@ async def test_a_send_does_not_wait_for_or_fail_with_the_title_job(
     generations, monkeypatch, caplog
 ):
     # The broker is down: handing over the title job fails, after the reply has started.
-    org = await sync_to_async(make_org)()
-    user = await sync_to_async(make_user)("alice", org)
-    thread = await sync_to_async(make_thread)(org, user)
+    client, thread = await _signed_in_with_a_thread()
     order = []
-    real_start = replies.start
-
-    def start(message, request=None):
-        order.append("reply started")
-        return real_start(message, request)
 
     def broker_down(thread_id):
         order.append("title queued")
         raise ConnectionError("broker unreachable")
 
-    monkeypatch.setattr(replies, "start", start)
+    _record_starts(monkeypatch, lambda request: order.append("reply started"))
     monkeypatch.setattr(tasks.title_thread, "delay", broker_down)
-    client = AsyncClient()
-    await sync_to_async(client.force_login)(user)
-    response = await client.post(
-        f"/t/{thread.code}/send",
-        {"content": "Hello there", "model": "demo:demo-chat"},
-        headers={"HX-Request": "true"},
-    )
+    response = await _post(client, "threads:send", thread.code, "Hello there")
     assert response.status_code == 200
     await replies.wait_all()
     await tasks.wait_queued()
@@ -88,28 +98,13 @@ async def test_a_page_send_starts_its_reply_with_the_whole_conversation(
 ):
     # The send reads the conversation with its membership check (the regenerate reads it
     # after its save); either way the generation gets what reloading the row would give.
-    org = await sync_to_async(make_org)()
-    user = await sync_to_async(make_user)("alice", org)
-    thread = await sync_to_async(make_thread)(org, user)
+    client, thread = await _signed_in_with_a_thread()
     await sync_to_async(make_exchange)(thread, "First?", "First answer.")
     _, last = await sync_to_async(make_exchange)(thread, "Second?", "Second answer.")
     started = []
-    real_start = replies.start
-
-    def start(message, request=None):  # records what the generation is given, then runs it
-        started.append(request)
-        return real_start(message, request)
-
-    monkeypatch.setattr(replies, "start", start)
-    client = AsyncClient()
-    await sync_to_async(client.force_login)(user)
+    _record_starts(monkeypatch, started.append)
     code = thread.code if view == "threads:send" else last.code
-    response = await client.post(
-        reverse(view, args=[code]),
-        {"content": "Third?", "model": "demo:demo-chat"},
-        headers={"HX-Request": "true"},
-    )
-    assert response.status_code == 200
+    assert (await _post(client, view, code, "Third?")).status_code == 200
     await replies.wait_all()
     reply = await Message.objects.select_related("thread__org").filter(role="assistant").alast()
     assert started == [await sync_to_async(replies.build_request)(reply)]
