@@ -2,8 +2,9 @@
 
 - `gate`: an API key, the thread it sends to and that thread's organisation, with whether
   the key's `last_used` is due for a touch and whether the organisation has a budget, and
-  the conversation so far (what the reply's request is built from), in one statement. No row means the key, the header or the thread is wrong: the caller then
-  takes the ORM path that tells which (401, 403 or 404), so errors read exactly as before.
+  the conversation so far (what the reply's request is built from), in one statement. No
+  row means the key, the header or the thread is wrong: the caller then takes the ORM path
+  that tells which (401, 403 or 404), so errors read exactly as before.
 - `member_thread`: the same for a person on the page (thread, organisation, membership, and
   whether there is a budget to check and whether the thread is still empty, and the
   conversation so far).

@@ -76,7 +76,7 @@ def _queue_title(thread_id: int) -> None:
 
 
 async def wait_queued() -> None:
-    """Until every job queued with `title_soon` so far is with Celery (tests, shutdown)."""
+    """Until every job queued with `title_soon` so far is with Celery (for tests)."""
     while _queueing:
         await asyncio.gather(*_queueing, return_exceptions=True)
 
