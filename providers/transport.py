@@ -5,7 +5,8 @@ event loop that streams every other reply. Under httpx's own transport each read
 httpcore's connection and pool layers, h11's state machine (two events per chunk, each
 validated) and anyio's cancel scopes; measured reading the bench's 54-chunk replies 25 at a
 time in one process, that cost about 3.5 ms of CPU per reply through httpcore (already on a
-plain asyncio backend), against about 1 ms for the same bytes parsed where they arrive.
+plain asyncio backend), and 2.0 ms through this transport, which parses the bytes where they
+arrive.
 
 `Transport` is an `httpx.AsyncBaseTransport`, so the providers keep httpx's client, request
 building, timeouts and errors; what it replaces is the wire underneath, which the providers
@@ -207,7 +208,9 @@ class Transport(httpx.AsyncBaseTransport):
                 self._ssl.set_alpn_protocols(["http/1.1"])
         return self._ssl
 
-    async def _acquire(self, request: httpx.Request, key: Key, timeouts: dict[str, Any]) -> Any:
+    async def _acquire(
+        self, request: httpx.Request, key: Key, timeouts: dict[str, Any]
+    ) -> _Connection:
         """A kept connection to `key`, or a new one when the limit allows; otherwise wait
         (at most the pool timeout) for a response to give one back."""
         try:
@@ -253,7 +256,9 @@ class Transport(httpx.AsyncBaseTransport):
                 return True
         return False
 
-    async def _connect(self, request: httpx.Request, key: Key, timeout: float | None) -> Any:
+    async def _connect(
+        self, request: httpx.Request, key: Key, timeout: float | None
+    ) -> _Connection:
         scheme, host, port = key
         loop = asyncio.get_running_loop()
         hostname = host.decode("ascii")
