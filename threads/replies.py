@@ -292,8 +292,9 @@ def request_after_turn(
 ) -> ChatRequest:
     """`build_request(reply)` for a reply to the person's `turn`, from the conversation
     `earlier` read before the turn was saved (with the send's own reads): no read after."""
-    history = [*earlier, (turn.role, turn.content)]
-    return request_for(reply, [(role, content) for role, content in history if content])
+    # `earlier` is read as `history()` reads it (no empty messages); so is the turn.
+    turn_read = [(turn.role, turn.content)] if turn.content else []
+    return request_for(reply, [*earlier, *turn_read])
 
 
 def request_for(message: Message, history: Iterable[tuple[str, str]]) -> ChatRequest:
