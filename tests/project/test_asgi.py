@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 
-from chatproject.asgi import drop_request_start_hooks, skip_twisted_form_parsing
+from chatproject.asgi import drop_request_start_hooks
 
 
 def test_no_thread_hop_before_the_view():
@@ -30,25 +30,3 @@ def test_start_up_loads_every_view_and_freezes_what_it_made():
     assert "threads.api" in sys.modules and "threads.views" in sys.modules
     assert celery_app.finalized
     assert gc.get_freeze_count() > 10_000
-
-
-def test_daphne_requests_leave_the_body_to_django():
-    """Twisted would parse every form POST into `request.args` (which daphne never reads)
-    and look at every POST's Content-Type through the `email` package first."""
-    from types import SimpleNamespace
-
-    from daphne.http_protocol import WebRequest
-    from twisted.web import http
-
-    skip_twisted_form_parsing()
-    skip_twisted_form_parsing()  # idempotent: wrapped once
-    server = SimpleNamespace(protocol_connected=lambda request: None)
-    channel = SimpleNamespace(
-        factory=SimpleNamespace(server=server),
-        transport=None,
-        getPeer=lambda: None,
-        getHost=lambda: None,
-    )
-    request = WebRequest(channel, 0)
-    assert request._parsePOSTFormSubmission is False
-    assert http.Request(channel)._parsePOSTFormSubmission is True  # Twisted itself unchanged
