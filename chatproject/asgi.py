@@ -5,20 +5,23 @@ from __future__ import annotations
 import gc
 import os
 
+import django
 from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
-from django.core.asgi import get_asgi_application
 from django.core.signals import request_started
 from django.db import close_old_connections, reset_queries
 from django.urls import get_resolver
 
 from chatproject import daphne_tuning
 from chatproject.celery import app as celery_app
+from chatproject.request_threads import PooledThreadsASGIHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
-# Initialise Django before importing consumers and models (AppRegistryNotReady otherwise).
-django_asgi_app = get_asgi_application()
+# Initialise Django before importing consumers and models (AppRegistryNotReady otherwise),
+# as get_asgi_application() does, with Django's handler on pooled threads.
+django.setup(set_prefix=False)
+django_asgi_app = PooledThreadsASGIHandler()
 
 from threads.routing import websocket_urlpatterns  # noqa: E402
 
@@ -27,10 +30,11 @@ def drop_request_start_hooks() -> None:
     """Disconnect Django's two `request_started` receivers, which only WSGI needs.
 
     They close a worker thread's stale connection and clear its query log before a request.
-    Under ASGI a request's sync work runs on a thread Django starts for that request, which
-    holds neither yet, so they do nothing there; but `Signal.asend` still starts that thread
-    to run them, before every view, where a send's first token waits. `request_finished`
-    keeps its receivers: they close what the request's thread opened.
+    Under ASGI a request's sync work runs on a thread lent to it (chatproject.request_threads),
+    where `request_finished` already closed at the last request's end what was obsolete or
+    broken (and a reused connection is health-checked on its first use); the query log, kept
+    only with DEBUG, is bounded by Django. But `Signal.asend` still hops to that thread to run
+    them, before every view, where a send's first token waits.
     """
     request_started.disconnect(reset_queries)
     request_started.disconnect(close_old_connections)
