@@ -4,10 +4,12 @@ Django runs every HTTP request inside asgiref's `ThreadSensitiveContext`, so tha
 request's sync code (sync views and middleware, and always `response.close()`, which sends
 `request_finished`) runs on a thread of its own. By default that thread is new for every
 request, and a second one is started at the request's end to join the first: two thread
-starts per request, even for an async view, about 5 % of a streamed reply's CPU. Here a
-request borrows a one-thread executor and hands it back at its end. While the request runs,
-the thread is its alone, so what thread-sensitive code relies on (one thread for all of a
-request's sync work, its database connection included) holds as before.
+starts per request, even for an async view (A/B runs at 25 streams: 16.7 ms of CPU per
+streamed reply with them, 15.0 without; docs/benchmarks.md). Here a request borrows a
+one-thread executor and hands it back at its end. While the request runs, the thread is its
+alone, so what thread-sensitive code relies on (one thread for all of a request's sync work,
+its database connection included) holds as before. Needs asgiref 3.13's
+`ThreadSensitiveContext(executor=...)`.
 """
 
 from __future__ import annotations
