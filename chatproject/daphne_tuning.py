@@ -1,5 +1,5 @@
 """Three adjustments to how daphne and Twisted serve requests, each cutting CPU per request or
-per streamed frame; applied by chatproject.asgi when daphne is installed.
+per streamed frame; chatproject.asgi applies them on import (`apply()`).
 
 Each has a measured cost behind it (docs/benchmarks.md) and changes no behaviour an HTTP
 client can see: the bytes on the wire, their order, flow control and error handling stay
