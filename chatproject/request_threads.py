@@ -14,7 +14,8 @@ its database connection included) holds as before. Needs asgiref 3.13's
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext
@@ -25,23 +26,40 @@ from django.core.handlers.asgi import ASGIHandler
 KEEP_IDLE = 64
 
 
+class RequestExecutor(ThreadPoolExecutor):
+    """A one-thread executor that knows whether a call is still queued or running on it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1, thread_name_prefix="request")
+        self.unfinished: set[Future[Any]] = set()  # set.add/discard: atomic across threads
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future = super().submit(fn, *args, **kwargs)
+        self.unfinished.add(future)
+        future.add_done_callback(self.unfinished.discard)
+        return future
+
+
 class RequestThreads:
-    """One-thread executors, each lent to one request at a time. One given back while its
-    thread still finishes a call its request no longer waits for (the client went away)
-    serves the next request after that call: still one call at a time on the thread."""
+    """One-thread executors, each lent to one request at a time.
+
+    An executor comes back busy when its request ended while a sync call of its own was
+    still running (the client went away mid-view): it is not lent again, or the next request
+    would wait for that call. It is shut down instead; its thread ends after the call.
+    """
 
     def __init__(self, keep_idle: int = KEEP_IDLE) -> None:
         self.keep_idle = keep_idle
-        self.idle: list[ThreadPoolExecutor] = []
+        self.idle: list[RequestExecutor] = []
 
-    def borrow(self) -> ThreadPoolExecutor:
+    def borrow(self) -> RequestExecutor:
         try:
             return self.idle.pop()
         except IndexError:
-            return ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
+            return RequestExecutor()
 
-    def give_back(self, executor: ThreadPoolExecutor) -> None:
-        if len(self.idle) < self.keep_idle:
+    def give_back(self, executor: RequestExecutor) -> None:
+        if not executor.unfinished and len(self.idle) < self.keep_idle:
             self.idle.append(executor)
         else:
             executor.shutdown(wait=False)

@@ -102,6 +102,23 @@ def test_only_so_many_idle_threads_are_kept():
     assert threads.borrow() is lent[1]
 
 
+async def test_a_thread_still_busy_for_a_request_that_ended_is_not_lent_again():
+    """A client that went away mid-view: its sync call still runs, and the next request
+    must not wait behind it."""
+    threads = RequestThreads()
+    executor = threads.borrow()
+    release = threading.Event()
+    call = executor.submit(release.wait, 5)
+    threads.give_back(executor)
+    assert threads.idle == [] and executor._shutdown
+    release.set()
+    assert call.result(timeout=5) is True  # the call itself still ran to its end
+    done = threads.borrow()
+    await asyncio.get_running_loop().run_in_executor(done, lambda: None)  # as asgiref calls
+    threads.give_back(done)
+    assert threads.idle == [done]  # an idle one goes back to the pool
+
+
 async def test_websockets_are_not_django_s():
     with pytest.raises(ValueError, match="websocket"):
         await PooledThreadsASGIHandler()({"type": "websocket"}, None, None)
