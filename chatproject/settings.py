@@ -62,9 +62,10 @@ def database_from_url(url: str) -> dict[str, object]:
     if parsed.scheme not in ("postgres", "postgresql"):
         raise ImproperlyConfigured(f"DATABASE_URL: unsupported scheme {parsed.scheme!r}")
     query = parse_qs(parsed.query)
-    # Under ASGI every request runs its ORM calls on a thread of its own, so "persistent"
-    # connections (CONN_MAX_AGE) are one per request and pile up past max_connections under
-    # load. A pool hands them out and takes them back (Django's advice for ASGI).
+    # Under ASGI every request in flight runs its ORM calls on a thread of its own (lent
+    # from chatproject.request_threads), so "persistent" connections (CONN_MAX_AGE) are one
+    # per thread, as many as requests at the busiest moment, past max_connections under load.
+    # A pool hands them out and takes them back (Django's advice for ASGI).
     from chatproject import pg_pool  # psycopg only when PostgreSQL is in use
 
     pool_max = env_int("DB_POOL_MAX_SIZE", 20)

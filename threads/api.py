@@ -398,11 +398,10 @@ def _save_send(auth: Organization | KeyToCheck, thread_id: uuid.UUID, payload: S
     )
     if not created:
         return _Sent(user_message, reply, created, None)
-    if gate is not None:
-        # The gate read the conversation before this turn: no read after the insert.
-        request = replies.request_after_turn(reply, gate.history, user_message)
-        return _Sent(user_message, reply, created, request)
-    return _Sent(user_message, reply, created, replies.build_request(reply))
+    # The gate read the conversation before this turn: no read after the insert.
+    earlier = None if gate is None else gate.history
+    request = replies.request_after_turn(reply, earlier, user_message)
+    return _Sent(user_message, reply, created, request)
 
 
 def _reload_pair(user_message: Message, reply: Message) -> dict[str, Any]:

@@ -288,10 +288,13 @@ def build_request(message: Message) -> ChatRequest:
 
 
 def request_after_turn(
-    reply: Message, earlier: Iterable[tuple[str, str]], turn: Message
+    reply: Message, earlier: Iterable[tuple[str, str]] | None, turn: Message
 ) -> ChatRequest:
-    """`build_request(reply)` for a reply to the person's `turn`, from the conversation
-    `earlier` read before the turn was saved (with the send's own reads): no read after."""
+    """`build_request(reply)` for a reply to the person's `turn`. Given the conversation
+    `earlier`, read before the turn was saved (with the send's own reads), it reads nothing
+    more; given None, it reads the conversation (sync ORM)."""
+    if earlier is None:
+        return build_request(reply)
     # `earlier` is read as `history()` reads it (no empty messages); so is the turn.
     turn_read = [(turn.role, turn.content)] if turn.content else []
     return request_for(reply, [*earlier, *turn_read])

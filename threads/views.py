@@ -231,11 +231,8 @@ async def _save_and_start(
             return redirect_to_login(request.get_full_path())
         sent = save(request, code)
         if sent.created and sent.reply is not None and sent.user_message is not None:
-            if sent.earlier is not None:
-                reply, turn = sent.reply, sent.user_message
-                sent.request = replies.request_after_turn(reply, sent.earlier, turn)
-            else:
-                sent.request = replies.build_request(sent.reply)
+            reply, turn = sent.reply, sent.user_message
+            sent.request = replies.request_after_turn(reply, sent.earlier, turn)
         sent.response = _send_response(request, sent)
         return sent
 
