@@ -161,3 +161,49 @@ def test_insert_pair_outside_a_transaction_is_one_statement_on_postgresql():
         rows.insert_pair(lost, duplicate, "reply_to", touch=(Thread, thread.pk, {"title": "X"}))
     assert not Message.objects.filter(content="Lost").exists()
     assert Thread.objects.get(pk=thread.pk).title == "T"
+
+
+def _stored(message: Message) -> dict[str, object]:
+    fields = [f for f in Message._meta.concrete_fields if not f.primary_key and f.name != "code"]
+    return {f.attname: getattr(message, f.attname) for f in fields}
+
+
+def test_insert_pair_stores_columns_the_rows_share_and_columns_they_do_not():
+    thread = make_thread(make_org())
+    question, answer = _pair(thread)
+    # Shared: thread, created, the defaults. Different: role, content, status, JSON, numbers.
+    question.chain, answer.chain = ["a:b"], ["a:b"]  # equal JSON is still sent twice
+    answer.requested_provider, answer.requested_model = "openai", "gpt-4o-mini"
+    answer.cost_usd, answer.ttft_ms, answer.updated = Decimal("0.000123"), 7, WHEN
+    question.updated = datetime(2026, 11, 29, 3, 4, 6, tzinfo=UTC)
+    expected = (_stored(question), _stored(answer))
+    rows.insert_pair(question, answer, "reply_to", touch=(Thread, thread.pk, {"title": "T"}))
+    stored_question = Message.objects.get(pk=question.pk)
+    stored_answer = Message.objects.get(pk=answer.pk)
+    assert _stored(stored_question) == expected[0] | {"reply_to_id": None}
+    assert _stored(stored_answer) == expected[1] | {"reply_to_id": question.pk}
+    assert (stored_question.code, stored_answer.code) == (question.code, answer.code)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="psycopg's statement cache")
+def test_a_sends_insert_is_small_enough_for_psycopgs_statement_cache(monkeypatch):
+    from psycopg import _queries
+
+    # psycopg caches how it splits a statement into parts only up to 50 parameters and
+    # 4096 bytes; a bigger one is split again on every execution.
+    resplit = []
+    uncached = _queries._query2pg_client_nocache
+
+    def spy(*args):
+        resplit.append(args[0])
+        return uncached(*args)
+
+    monkeypatch.setattr(_queries, "_query2pg_client_nocache", spy)
+    thread = make_thread(make_org())
+    for content in ("First", "Second"):
+        question, answer = _pair(thread, content)
+        answer.requested_provider, answer.requested_model = "openai", "gpt-4o-mini"
+        fields = {"updated": WHEN, "provider": "openai", "model": "gpt-4o-mini", "title": "T"}
+        rows.insert_pair(question, answer, "reply_to", touch=(Thread, thread.pk, fields))
+    assert resplit == []
+    assert Message.objects.filter(thread=thread).count() == 4
