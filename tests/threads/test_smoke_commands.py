@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from io import StringIO
@@ -183,3 +184,57 @@ def test_a_figure_just_over_its_target_does_not_print_as_the_target():
     report.checks.append(smoke.Check("CPU per chunk", 0.2437, 0.2))
     assert "FAIL  CPU per chunk: 0.24 ms (target <= 0.2)" in report.table()
     assert smoke._fmt(12.34) == "12.3" and smoke._fmt(0.0) == "0.0"
+
+
+async def test_database_writes_are_read_once_they_stop_arriving(monkeypatch):
+    from threads.management.commands import bench_overhead
+
+    readings = iter([10, 12, 15, 15, 99])
+    calls = []
+
+    async def writes(url):
+        calls.append(url)
+        return next(readings)
+
+    monkeypatch.setattr(bench_overhead, "_pg_writes", writes)
+    monkeypatch.setattr(bench_overhead, "PG_SETTLE_S", 0)
+    assert await bench_overhead._pg_writes_settled("postgres://db") == 15
+    assert len(calls) == 4  # stopped at the first repeat
+    assert await bench_overhead._pg_writes_settled(None) is None
+
+
+async def test_database_writes_that_never_settle_are_read_at_the_deadline(monkeypatch):
+    from threads.management.commands import bench_overhead
+
+    count = iter(range(1_000_000))
+
+    async def writes(url):
+        return next(count)
+
+    monkeypatch.setattr(bench_overhead, "_pg_writes", writes)
+    monkeypatch.setattr(bench_overhead, "PG_SETTLE_S", 0)
+    monkeypatch.setattr(bench_overhead, "PG_SETTLE_MAX_S", 0.05)
+    assert await bench_overhead._pg_writes_settled("postgres://db") > 1
+
+
+@pytest.mark.services
+@pytest.mark.skipif(
+    not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")),
+    reason="needs DATABASE_URL and REDIS_URL (the second test run sets them)",
+)
+def test_bench_overhead_on_postgresql_and_redis_counts_the_rows_each_reply_writes():
+    redis_url = os.environ["REDIS_URL"].rsplit("/", 1)[0] + "/7"
+    out = StringIO()
+    call_command(
+        "bench_overhead",
+        *("--backend", "services", "--levels", "1", "--rounds", "2", "--json"),
+        *("--no-relay", "--no-websocket", "--database-url", os.environ["DATABASE_URL"]),
+        *("--redis-url", redis_url, "--target-cpu-per-chunk-ms", GENEROUS),
+        stdout=out,
+    )
+    report = json.loads(out.getvalue())
+    info = report["info"]["services c=1"]
+    assert info["errors"] == {"direct": 0, "sse": 0}
+    # Two messages, the thread, the final save and one provider call; a partial save or two.
+    assert 5 <= info["db_rows_written_per_reply"] <= 7
+    assert report["passed"] is True

@@ -30,6 +30,11 @@ from django.core.management.base import CommandError, CommandParser
 from threads import smoke
 
 PG_WRITES = "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables"
+# Backends report table stats about once a second; the app's low-priority writes (partial
+# saves, telemetry) may still be landing after a level's last reply. The count is read once
+# it stops moving: two equal readings this far apart (at most PG_SETTLE_MAX_S).
+PG_SETTLE_S = 1.2
+PG_SETTLE_MAX_S = 15.0
 
 
 class Command(smoke.SmokeCommand):
@@ -184,7 +189,7 @@ class Command(smoke.SmokeCommand):
                         )
                         relay_cpu = smoke.cpu_seconds(relay.pid) - cpu0
                     threads = [await smoke.create_thread(http, target) for _ in range(c)]
-                    writes0 = await _pg_writes(pg_url)
+                    writes0 = await _pg_writes_settled(pg_url)
                     cpu0, rss0 = smoke.cpu_seconds(server.pid), smoke.rss_bytes(server.pid)
                     peak = [rss0]
                     sampler = asyncio.create_task(_sample_rss(server.pid, peak))
@@ -199,8 +204,7 @@ class Command(smoke.SmokeCommand):
                     cpu = smoke.cpu_seconds(server.pid) - cpu0
                     writes = None
                     if pg_url:
-                        await asyncio.sleep(2.0)  # backends report table stats about once a second
-                        writes = (await _pg_writes(pg_url) or 0) - (writes0 or 0)
+                        writes = (await _pg_writes_settled(pg_url) or 0) - (writes0 or 0)
                     ws: list[smoke.StreamResult] = []
                     if browser is not None:
                         ws = await self._websocket_level(
@@ -397,6 +401,23 @@ async def _pg_writes(url: str | None) -> int | None:
     async with conn:
         row = await (await conn.execute(PG_WRITES)).fetchone()
     return int(row[0]) if row else 0
+
+
+async def _pg_writes_settled(url: str | None) -> int | None:
+    """`_pg_writes` once no more writes arrive (so that none of a level's spill into the
+    next level's count)."""
+    if url is None:
+        return None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PG_SETTLE_MAX_S
+    last = await _pg_writes(url)
+    while loop.time() < deadline:
+        await asyncio.sleep(PG_SETTLE_S)
+        now = await _pg_writes(url)
+        if now == last:
+            break
+        last = now
+    return last
 
 
 def _mode(options: dict[str, Any]) -> dict[str, str]:
