@@ -32,7 +32,7 @@ def skip_twisted_form_parsing() -> None:
         return
 
     @functools.wraps(init)
-    def __init__(self: WebRequest, *args: Any, **kwargs: Any) -> None:
+    def __init__(self: http_protocol.WebRequest, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("parsePOSTFormSubmission", False)
         init(self, *args, **kwargs)
 

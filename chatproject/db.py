@@ -28,9 +28,9 @@ import functools
 import itertools
 import queue
 import threading
-from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor, Future
-from typing import Any
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import Any, cast
 
 from asgiref.sync import AsyncToSync, SyncToAsync
 from django.conf import settings
@@ -146,7 +146,7 @@ def _released(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def database_sync_to_async[**P, R](
     func: Callable[P, R], priority: Priority = Priority.REQUEST
-) -> Callable[P, Awaitable[R]]:
+) -> Callable[P, Coroutine[Any, Any, R]]:
     """Like asgiref's sync_to_async, on the database threads (see the module's docstring)."""
     released = _released(func)
 
@@ -156,7 +156,9 @@ def database_sync_to_async[**P, R](
             runner = SyncToAsync(released, thread_sensitive=True)
         else:
             lane = database_threads().lanes[priority]
-            runner = SyncToAsync(released, thread_sensitive=False, executor=lane)
+            # asgiref only hands its executor to `loop.run_in_executor`, which needs `submit`.
+            executor = cast(ThreadPoolExecutor, lane)
+            runner = SyncToAsync(released, thread_sensitive=False, executor=executor)
         return await runner(*args, **kwargs)
 
     return call

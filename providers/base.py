@@ -18,10 +18,12 @@ import httpx
 
 from .transport import transport
 
+Role = Literal["user", "assistant"]
+
 
 @dataclass(frozen=True, slots=True)
 class Turn:
-    role: Literal["user", "assistant"]
+    role: Role
     content: str
 
 

@@ -91,7 +91,7 @@ class SSEDecoder:
 
 async def iter_sse(
     chunks: AsyncIterable[bytes], before_read: Callable[[], None] | None = None
-) -> AsyncIterator[SSEEvent]:
+) -> AsyncGenerator[SSEEvent]:
     """Decode network reads. An unterminated event at EOF is dropped, as the SSE spec says,
     so a stream cut mid-event reads as a cut rather than as half a JSON document.
     `before_read` runs before each read is decoded (and may raise to end the stream)."""

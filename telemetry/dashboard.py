@@ -288,7 +288,7 @@ def spend_chart(
     slot = (W - PAD_L) / max(1, len(starts))
     bars = []
     for i, start in enumerate(starts):
-        y = H - PAD_B
+        y = float(H - PAD_B)
         for model in models:
             value = spend[start].get(model, Decimal(0))
             if not value or not peak:

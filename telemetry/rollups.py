@@ -193,8 +193,8 @@ def _merge_into_rollups(accs: dict[Key, _Acc]) -> None:
             to_update.append(rollup)
         for name, value in acc.counts.items():
             setattr(rollup, name, getattr(rollup, name) + value)
-        for name, value in acc.money.items():
-            setattr(rollup, name, getattr(rollup, name) + value)
+        for name, amount in acc.money.items():
+            setattr(rollup, name, getattr(rollup, name) + amount)
         for name, hist in acc.hists.items():
             setattr(rollup, name, histograms.compact(histograms.merge(hist, getattr(rollup, name))))
         classes = dict(rollup.errors_by_class)

@@ -72,13 +72,12 @@ def _picker(thread: Thread | None) -> dict[str, Any]:
 
 
 def _price_label(info: catalog.ModelInfo) -> str:
-    if not info.priced:
+    prices = info.input_per_mtok, info.output_per_mtok
+    if prices[0] is None or prices[1] is None:
         return "unpriced"
     if info.free:
         return "free"
-    return (
-        f"${info.input_per_mtok.normalize():f}/${info.output_per_mtok.normalize():f} per M tokens"
-    )
+    return f"${prices[0].normalize():f}/${prices[1].normalize():f} per M tokens"
 
 
 def _thread_list(org: Organization, q: str = "") -> list[Thread]:

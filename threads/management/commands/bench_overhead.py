@@ -179,16 +179,26 @@ class Command(smoke.SmokeCommand):
                     relayed: list[smoke.StreamResult] = []
                     relay_cpu = 0.0
                     if relay is not None:
+
+                        async def relayed_reply(i: int, url: str = relay.url) -> smoke.StreamResult:
+                            return await smoke.stream_direct(http, url)
+
                         cpu0 = smoke.cpu_seconds(relay.pid)
                         relayed = await smoke.run_concurrently(
                             n,
                             c,
-                            lambda i, url=relay.url: smoke.stream_direct(http, url),
+                            relayed_reply,
                             smoke.Progress(self, f"{key} relay", n, verbosity),
                             spread,
                         )
                         relay_cpu = smoke.cpu_seconds(relay.pid) - cpu0
                     threads = [await smoke.create_thread(http, target) for _ in range(c)]
+
+                    async def sse_reply(
+                        i: int, threads: list[str] = threads, c: int = c
+                    ) -> smoke.StreamResult:
+                        return await smoke.stream_reply(http, target, threads[i % c])
+
                     writes0 = await _pg_writes_settled(pg_url)
                     cpu0, rss0 = smoke.cpu_seconds(server.pid), smoke.rss_bytes(server.pid)
                     peak = [rss0]
@@ -196,7 +206,7 @@ class Command(smoke.SmokeCommand):
                     sse = await smoke.run_concurrently(
                         n,
                         c,
-                        lambda i, t=threads, c=c: smoke.stream_reply(http, target, t[i % c]),
+                        sse_reply,
                         smoke.Progress(self, f"{key} sse", n, verbosity),
                         spread,
                     )
