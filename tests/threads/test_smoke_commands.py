@@ -154,6 +154,8 @@ def test_bench_overhead_measures_every_path():
     assert info["upstream_chunks_per_reply"] > 50
     assert set(info["added_ms"]) >= {"relay ttft p95", "sse ttft p95", "websocket latency p95"}
     assert info["relay_cpu_ms_per_chunk"] > 0
+    ratio = info["cpu_ms_per_reply"] / info["relay_cpu_ms_per_reply"]
+    assert info["cpu_vs_relay"] == pytest.approx(ratio, abs=0.01)
     assert report["passed"] is True
 
 

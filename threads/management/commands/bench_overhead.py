@@ -311,11 +311,16 @@ class Command(smoke.SmokeCommand):
             1, sum(r.ok for r in direct)
         )
         relay_info: dict[str, Any] = {}
+        cpu_ms_per_reply = cpu_s * 1000 / max(1, ok_replies)
         if m.relay:
             relay_chunks = max(1.0, sum(r.ok for r in m.relay) * chunks_per_reply)
             relay_info["relay_cpu_ms_per_chunk"] = round(m.relay_cpu_s * 1000 / relay_chunks, 4)
-            relay_info["relay_cpu_ms_per_reply"] = round(
-                m.relay_cpu_s * 1000 / max(1, sum(r.ok for r in m.relay)), 2
+            relay_per_reply = m.relay_cpu_s * 1000 / max(1, sum(r.ok for r in m.relay))
+            relay_info["relay_cpu_ms_per_reply"] = round(relay_per_reply, 2)
+            # The machine-independent reading of the CPU figures: the app's per reply over a
+            # bare relay's on the same machine, in the same run.
+            relay_info["cpu_vs_relay"] = (
+                round(cpu_ms_per_reply / relay_per_reply, 2) if relay_per_reply else None
             )
         report.info[key] = {
             "added_ms": added,
@@ -323,7 +328,7 @@ class Command(smoke.SmokeCommand):
             "error_samples": smoke.first_errors([*direct, *sse, *ws]),
             "upstream_chunks_per_reply": round(chunks_per_reply, 1),
             "cpu_ms_per_chunk": round(cpu_s * 1000 / max(1, ok_replies * chunks_per_reply), 4),
-            "cpu_ms_per_reply": round(cpu_s * 1000 / max(1, ok_replies), 2),
+            "cpu_ms_per_reply": round(cpu_ms_per_reply, 2),
             **relay_info,
             "rss_kib_per_stream": round(rss_delta / 1024 / c, 1),
             "db_rows_written_per_reply": None
