@@ -139,16 +139,21 @@ def test_smoke_coldstart_starts_a_fresh_server():
     assert report["metrics"]["process_to_first_token_ms"]["n"] == 1
 
 
-def test_bench_overhead_measures_every_path():
-    """Two rounds: the second reply on each page comes over the socket the first one used."""
+def _bench_overhead(*args: str) -> dict:
+    """bench_overhead's JSON report, one level of one stream, two rounds."""
     out = StringIO()
     call_command(
         "bench_overhead",
         *("--levels", "1", "--rounds", "2", "--json"),
-        *("--target-ttft-25-ms", GENEROUS, "--target-cpu-per-chunk-ms", GENEROUS),
+        *("--target-cpu-per-chunk-ms", GENEROUS, *args),
         stdout=out,
     )
-    report = json.loads(out.getvalue())
+    return json.loads(out.getvalue())
+
+
+def test_bench_overhead_measures_every_path():
+    """Two rounds: the second reply on each page comes over the socket the first one used."""
+    report = _bench_overhead("--target-ttft-25-ms", GENEROUS)
     info = report["info"]["embedded c=1"]
     assert info["errors"] == {"direct": 0, "relay": 0, "sse": 0, "websocket": 0}
     assert info["upstream_chunks_per_reply"] > 50
@@ -226,15 +231,10 @@ async def test_database_writes_that_never_settle_are_read_at_the_deadline(monkey
 )
 def test_bench_overhead_on_postgresql_and_redis_counts_the_rows_each_reply_writes():
     redis_url = os.environ["REDIS_URL"].rsplit("/", 1)[0] + "/7"
-    out = StringIO()
-    call_command(
-        "bench_overhead",
-        *("--backend", "services", "--levels", "1", "--rounds", "2", "--json"),
-        *("--no-relay", "--no-websocket", "--database-url", os.environ["DATABASE_URL"]),
-        *("--redis-url", redis_url, "--target-cpu-per-chunk-ms", GENEROUS),
-        stdout=out,
+    report = _bench_overhead(
+        *("--backend", "services", "--no-relay", "--no-websocket"),
+        *("--database-url", os.environ["DATABASE_URL"], "--redis-url", redis_url),
     )
-    report = json.loads(out.getvalue())
     info = report["info"]["services c=1"]
     assert info["errors"] == {"direct": 0, "sse": 0}
     # Two messages, the thread, the final save and one provider call; a partial save or two.
