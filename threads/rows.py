@@ -133,13 +133,14 @@ def insert_pair(
     setattr(second, link_field.attname, first.pk)
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Whether two prepared values are surely the same SQL value (wrapped ones, such as a
-    JSON adapter, are never taken for equal)."""
-    return type(a) is type(b) and (a is None or isinstance(a, _PLAIN)) and a == b
-
-
+# Prepared values of these types are compared by value; any other (a JSON adapter, say) is
+# taken to differ.
 _PLAIN = (str, int, bool, float, Decimal, datetime, date, time, timedelta, uuid.UUID, bytes)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two prepared values are surely the same SQL value."""
+    return type(a) is type(b) and (a is None or isinstance(a, _PLAIN)) and a == b
 
 
 def _pair_sql(
