@@ -30,11 +30,13 @@ from django.core.management.base import CommandError, CommandParser
 from threads import smoke
 
 PG_WRITES = "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables"
-# Backends report table stats about once a second; the app's low-priority writes (partial
-# saves, telemetry) may still be landing after a level's last reply. The count is read once
-# it stops moving: two equal readings this far apart (at most PG_SETTLE_MAX_S).
-PG_SETTLE_S = 1.2
-PG_SETTLE_MAX_S = 15.0
+# A backend reports its table stats at most once a second while busy, and a backend gone
+# idle with stats still unreported reports them within 10 s (PostgreSQL's
+# PGSTAT_IDLE_INTERVAL); the app's low-priority writes (partial saves, telemetry) may also
+# still be landing after a level's last reply. So the count is read once it stops moving:
+# two equal readings further apart than that (at most PG_SETTLE_MAX_S).
+PG_SETTLE_S = 11.0
+PG_SETTLE_MAX_S = 60.0
 
 
 class Command(smoke.SmokeCommand):
