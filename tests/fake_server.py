@@ -4,7 +4,7 @@ Use it from any test suite by importing the fixtures into that suite's conftest.
 
     from tests.fake_server import fake_provider, fake_provider_server  # noqa: F401
 
-The server (providers/fake.py) runs in a background thread with its own event loop, started
+The server (providers/fake/) runs in a background thread with its own event loop, started
 once per session on a free port, so it serves sync tests, async tests and Django's own
 threads alike. `fake_provider` resets it before and after each test and yields a
 `FakeProvider` handle:
@@ -16,7 +16,7 @@ threads alike. `fake_provider` resets it before and after each test and yields a
     fake.config("openai", read_timeout_s=0.2)   a ProviderConfig pointing at the fake
     fake.script("openai", model=None, times=1, **controls)
                                      queue a scenario for the next matching request(s);
-                                     controls are documented in providers/fake.py, e.g.
+                                     controls are documented in providers/fake/__init__.py, e.g.
                                      status=429, retry_after="3", fault="hang", tokens=5
     fake.requests                    recorded requests, oldest first: .path, .query,
                                      .headers (lower-case names), .json, .vendor, .model,
@@ -28,7 +28,7 @@ threads alike. `fake_provider` resets it before and after each test and yields a
     fake.reset()                     forget requests and scenarios
 
 Models can also carry controls in a suffix (`gpt-4o-mini~429~retry=4`), and any HTTP client
-can send `x-fake-*` headers; see providers/fake.py for the grammar.
+can send `x-fake-*` headers; see providers/fake/__init__.py for the grammar.
 """
 
 from __future__ import annotations

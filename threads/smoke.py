@@ -296,7 +296,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
-# providers/fake.py needs only the standard library: serving it without Django starts in a
+# providers/fake/ needs only the standard library: serving it without Django starts in a
 # fraction of `manage.py fake_provider`'s time.
 _SERVE_FAKE = """
 import asyncio, sys
@@ -336,7 +336,7 @@ class _Spawned:
 
 
 class FakeProvider(_Spawned):
-    """The fake vendor server (providers/fake.py) on a free port, as a subprocess."""
+    """The fake vendor server (providers/fake/) on a free port, as a subprocess."""
 
     def __init__(self) -> None:
         self.port = free_port()

@@ -14,7 +14,7 @@ from providers.fake import PROVIDER_VENDORS, FakeProviderServer, base_url, env_l
 class Command(BaseCommand):
     help = (
         "Serve fake OpenAI, Perplexity, Gemini, OpenRouter, Anthropic and OpenAI-compatible "
-        "streaming APIs on one port until Ctrl-C (control grammar: providers/fake.py)."
+        "streaming APIs on one port until Ctrl-C (control grammar: providers/fake/__init__.py)."
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
