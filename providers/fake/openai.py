@@ -106,14 +106,20 @@ class OpenAI(Vendor):
             )
         return self._error(status or 400, "Fake error requested.", "invalid_request_error", None)
 
-    def _chunk(self, reply: Reply, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        chunk: dict[str, Any] = {
+    def _envelope(self, reply: Reply) -> dict[str, Any]:
+        """The fields every chunk of a reply starts with, in OpenAI's order."""
+        return {
             "id": f"chatcmpl-{reply.rid}",
             "object": "chat.completion.chunk",
             "created": reply.created,
             "model": reply.model,
             "service_tier": "default",
             "system_fingerprint": "fp_fake",
+        }
+
+    def _chunk(self, reply: Reply, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        chunk: dict[str, Any] = {
+            **self._envelope(reply),
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
         if self._wants_usage(reply):
@@ -144,16 +150,7 @@ class OpenAI(Vendor):
         frames += [Frame(self._chunk(reply, {"content": p}), token=True) for p in reply.answer]
         frames.append(Frame(self._chunk(reply, {}, reply.controls.finish or reply.finish)))
         if self._wants_usage(reply):
-            usage_chunk = {
-                "id": f"chatcmpl-{reply.rid}",
-                "object": "chat.completion.chunk",
-                "created": reply.created,
-                "model": reply.model,
-                "service_tier": "default",
-                "system_fingerprint": "fp_fake",
-                "choices": [],
-                "usage": self._usage(reply),
-            }
+            usage_chunk = {**self._envelope(reply), "choices": [], "usage": self._usage(reply)}
             frames.append(Frame(sse_data(usage_chunk)))
         frames.append(Frame(b"data: [DONE]\n\n"))
         return frames
